@@ -1,0 +1,1 @@
+"""An event-sourced trading ledger for regulated data markets."""
