@@ -74,18 +74,13 @@ class Conflict(LedgerError):
 
 
 class InvalidState(LedgerError):
-    """The resource's lifecycle does not allow this transition (FAILED_PRECONDITION,
-    reason ``STATE_<...>``), e.g. settling a cancelled trade."""
+    """The resource's lifecycle or a precondition outside the rule catalogue forbids the
+    command (FAILED_PRECONDITION with ``reason``, e.g. ``TRADE_NOT_EXECUTED``)."""
 
-    def __init__(self, resource: str, state: str, action: str) -> None:
-        self.resource = resource
-        self.state = state
-        self.action = action
-        super().__init__(f"cannot {action} a {resource} that is {state}")
-
-    @property
-    def reason(self) -> str:
-        return f"INVALID_STATE_{self.resource.upper()}_{self.state}"
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{reason}: {message}")
 
 
 class Unavailable(LedgerError):

@@ -1,0 +1,633 @@
+"""The ledger application: one method per command, each one atomic write."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
+
+from ledger.application import commands as c
+from ledger.application.log import position_of
+from ledger.application.markers import PartyKey, RequestMarker, entity_id, party_key_id
+from ledger.application.markers import request_marker_id as marker_id_of
+from ledger.application.parse import (
+    MAX_NAME,
+    parse_enum,
+    parse_enum_set,
+    parse_etag,
+    parse_request_id,
+    parse_text,
+    parse_uuid,
+    require_aware,
+)
+from ledger.clock import Clock, SystemClock
+from ledger.domain.base import Act, LedgerAggregate
+from ledger.domain.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
+from ledger.domain.grant import AccessGrant
+from ledger.domain.listing import Listing
+from ledger.domain.participant import Participant
+from ledger.domain.trade import Trade
+from ledger.domain.values import (
+    Category,
+    CertificationLevel,
+    Classification,
+    Conveyance,
+    CrossBorderBasis,
+    CrossBorderBasisKind,
+    DeliveryMode,
+    GrantState,
+    ListingState,
+    Money,
+    ParticipantRole,
+    PartyIdentifier,
+    PersonalInformationLevel,
+    RevocationReason,
+    Right,
+)
+
+A = TypeVar("A", bound=LedgerAggregate)
+Cmd = TypeVar("Cmd", bound=c.Command)
+
+# Unguarded commands that lose a race are retried against the new state this many
+# times; the rules are checked again each time, so a loser ends with the rule's error.
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The authenticated principal on whose behalf a command runs."""
+
+    id: str
+    role: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of a command: the resource as written, and the log position of the write.
+
+    ``replayed`` is true when the request_id had already been applied; the resource and
+    position are then those of the original write.
+    """
+
+    resource: LedgerAggregate
+    position: int
+    replayed: bool = False
+
+
+@dataclass
+class Decision:
+    """What a command handler decided: the resource to return and every aggregate to save."""
+
+    subject: LedgerAggregate
+    changed: list[LedgerAggregate]
+
+
+Handler = Callable[[Any, Act], Decision]
+
+
+class MarketLedger(Application):
+    """Records the acts of a regulated data market as events, one atomic write per command.
+
+    The name must not upper-case to ``LEDGER``: the library reads ``<NAME>_*`` settings.
+    """
+
+    name = "MarketLedger"
+
+    def __init__(self, env: Mapping[str, str] | None = None, clock: Clock | None = None) -> None:
+        super().__init__(env=env)
+        self.clock: Clock = clock or SystemClock()
+
+    # --- machinery ------------------------------------------------------------------
+
+    @contextmanager
+    def database_errors(self) -> Iterator[None]:
+        """Turns a database that cannot be reached into the retryable ``Unavailable``."""
+        try:
+            yield
+        except (OperationalError, InterfaceError) as e:
+            raise Unavailable(f"the event store is unavailable: {e}") from e
+
+    def _execute(self, command: Cmd, actor: Actor, handler: Callable[[Cmd, Act], Decision]) -> Outcome:
+        request_id = parse_request_id(command.request_id)
+        fingerprint = command.fingerprint()
+        with self.database_errors():
+            for _attempt in range(MAX_ATTEMPTS):
+                replay = self._replay(request_id, fingerprint)
+                if replay is not None:
+                    return replay
+                act = self._act(command, actor, request_id)
+                decision = handler(command, act)
+                marker = RequestMarker.accept(command.kind, fingerprint, decision.subject, act)
+                try:
+                    # The marker goes last, so its position is the position of the write.
+                    recordings = self.save(*decision.changed, marker)
+                except IntegrityError:
+                    if getattr(command, "etag", "") or getattr(command, "listing_etag", ""):
+                        raise Conflict(
+                            "the resource changed since the given etag; read it again"
+                        ) from None
+                    continue
+                position = max(r.notification.id for r in recordings)
+                return Outcome(decision.subject, position)
+        raise Conflict(
+            f"{command.kind} lost {MAX_ATTEMPTS} races with concurrent writes; retry later"
+        )
+
+    def _act(self, command: c.Command, actor: Actor, request_id: str) -> Act:
+        now = self.clock.now()
+        effective_at = require_aware(command.effective_at, "effective_at") or now
+        if effective_at > now:
+            raise InvalidArgument.of(
+                "effective_at", "is in the future; the ledger records acts that took effect"
+            )
+        return Act(
+            actor=actor.id,
+            role=actor.role,
+            request_id=request_id,
+            effective_at=effective_at,
+            recorded_at=now,
+        )
+
+    def _replay(self, request_id: str, fingerprint: str) -> Outcome | None:
+        marker_id = marker_id_of(request_id)
+        try:
+            marker = self.repository.get(marker_id)
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(marker, RequestMarker)  # for mypy
+        if marker.fingerprint != fingerprint:
+            raise AlreadyExists(
+                f"request_id {request_id} was already used for a different {marker.command} "
+                "request; use a new request_id for a new request"
+            )
+        resource = self.repository.get(UUID(marker.resource_id), version=marker.resource_version)
+        return Outcome(resource, self.position_of(marker_id), replayed=True)
+
+    def position_of(self, originator_id: UUID, version: int = 1) -> int:
+        """Returns the log position of one stored event."""
+        return position_of(self.recorder, originator_id, version)
+
+    def load(
+        self, cls: type[A], value: str, field: str, etag: str = "", etag_field: str = "etag"
+    ) -> A:
+        """Loads an aggregate of ``cls`` by the id in a request field, checking its etag."""
+        aggregate_id = parse_uuid(value, field)
+        expected = parse_etag(etag, etag_field)
+        resource = cls.__name__.lower().replace("accessgrant", "grant")
+        try:
+            aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise NotFound(resource, aggregate_id, field) from None
+        if not isinstance(aggregate, cls):
+            raise NotFound(resource, aggregate_id, field)
+        if expected is not None and aggregate.version != expected:
+            raise Conflict(
+                f"{resource} {aggregate_id} is at version {aggregate.version}, not {expected}; "
+                "read it again"
+            )
+        return aggregate
+
+    def get(self, cls: type[A], value: str, field: str = "id") -> A:
+        with self.database_errors():
+            return self.load(cls, value, field)
+
+    def _live_grants(self, grant_ids: set[str]) -> list[AccessGrant]:
+        grants = []
+        for grant_id in sorted(grant_ids):
+            grant = self.repository.get(UUID(grant_id))
+            assert isinstance(grant, AccessGrant)  # for mypy
+            if grant.is_live:
+                grants.append(grant)
+        return grants
+
+    def _suspend_grants(self, grant_ids: set[str], rule: str, note: str, act: Act) -> list[LedgerAggregate]:
+        suspended: list[LedgerAggregate] = []
+        for grant in self._live_grants(grant_ids):
+            if grant.status is GrantState.ACTIVE:
+                grant.suspend(note, act, rule=rule)
+                suspended.append(grant)
+        return suspended
+
+    def _revoke_grants(
+        self, grant_ids: set[str], reason: RevocationReason, rule: str, note: str, act: Act
+    ) -> list[LedgerAggregate]:
+        revoked: list[LedgerAggregate] = []
+        for grant in self._live_grants(grant_ids):
+            grant.revoke(reason, note, act, rule=rule)
+            revoked.append(grant)
+        return revoked
+
+    # --- participants ---------------------------------------------------------------
+
+    def register_participant(self, command: c.RegisterParticipant, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._register_participant)
+
+    def _register_participant(self, cmd: c.RegisterParticipant, act: Act) -> Decision:
+        if cmd.uscc and (cmd.country or cmd.registry_number):
+            raise InvalidArgument.of("party", "give either a USCC or a foreign registration")
+        if cmd.uscc:
+            party = PartyIdentifier.domestic(cmd.uscc, "party.uscc")
+        elif cmd.country or cmd.registry_number:
+            party = PartyIdentifier.foreign(cmd.country, cmd.registry_number, "party.foreign")
+        else:
+            raise InvalidArgument.of("party", "a USCC or a foreign registration is required")
+        name = parse_text(cmd.name, "name", required=True, limit=MAX_NAME)
+        roles = parse_enum_set(ParticipantRole, cmd.roles, "roles")
+        try:
+            claimed = self.repository.get(party_key_id(party.key))
+        except AggregateNotFoundError:
+            pass
+        else:
+            assert isinstance(claimed, PartyKey)  # for mypy
+            raise AlreadyExists(
+                f"{party.key} is already registered as participant {claimed.participant_id}"
+            )
+        participant_id = entity_id("participant", act.request_id)
+        participant = Participant.register(participant_id, party, name, roles, act)
+        key = PartyKey.claim(party.key, participant_id, act)
+        return Decision(participant, [participant, key])
+
+    def issue_certification(self, command: c.IssueCertification, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._issue_certification)
+
+    def _issue_certification(self, cmd: c.IssueCertification, act: Act) -> Decision:
+        participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
+        level = parse_enum(CertificationLevel, cmd.level, "level")
+        categories = parse_enum_set(Category, cmd.categories, "categories")
+        max_classification = parse_enum(Classification, cmd.max_classification, "max_classification")
+        valid_from = require_aware(cmd.valid_from, "valid_from") or act.effective_at
+        valid_until = require_aware(cmd.valid_until, "valid_until")
+        if valid_until is None:
+            raise InvalidArgument.of("valid_until", "a certification has an expiry date")
+        reference = parse_text(cmd.reference, "reference", required=True, limit=MAX_NAME)
+        certification_id = str(entity_id("certification", act.request_id))
+        participant.issue_certification(
+            certification_id, level, categories, max_classification, valid_from, valid_until,
+            reference, act,
+        )
+        return Decision(participant, [participant])
+
+    def suspend_certification(self, command: c.SuspendCertification, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._suspend_certification)
+
+    def _suspend_certification(self, cmd: c.SuspendCertification, act: Act) -> Decision:
+        participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
+        cert_id = str(parse_uuid(cmd.certification_id, "certification_id"))
+        note = parse_text(cmd.note, "note")
+        participant.suspend_certification(cert_id, note, act)
+        grants = self._suspend_grants(
+            participant.grant_ids, "R14", f"R14: grantee's certification {cert_id} suspended", act
+        )
+        return Decision(participant, [participant, *grants])
+
+    def reinstate_certification(self, command: c.ReinstateCertification, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._reinstate_certification)
+
+    def _reinstate_certification(self, cmd: c.ReinstateCertification, act: Act) -> Decision:
+        participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
+        cert_id = str(parse_uuid(cmd.certification_id, "certification_id"))
+        participant.reinstate_certification(cert_id, act)
+        return Decision(participant, [participant])
+
+    def revoke_certification(self, command: c.RevokeCertification, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._revoke_certification)
+
+    def _revoke_certification(self, cmd: c.RevokeCertification, act: Act) -> Decision:
+        participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
+        cert_id = str(parse_uuid(cmd.certification_id, "certification_id"))
+        reason = RevocationReason.parse(cmd.reason, "reason") if cmd.reason else None
+        note = parse_text(cmd.note, "note")
+        participant.revoke_certification(cert_id, reason, note, act)
+        grants = self._revoke_grants(
+            participant.grant_ids, RevocationReason.CERTIFICATION_LOST, "R14",
+            f"R14: grantee's certification {cert_id} revoked", act,
+        )
+        return Decision(participant, [participant, *grants])
+
+    def suspend_participant(self, command: c.SuspendParticipant, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._suspend_participant)
+
+    def _suspend_participant(self, cmd: c.SuspendParticipant, act: Act) -> Decision:
+        participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
+        note = parse_text(cmd.note, "note")
+        participant.suspend(note, act)
+        grants = self._suspend_grants(participant.grant_ids, "R14", "R14: grantee suspended", act)
+        return Decision(participant, [participant, *grants])
+
+    def reinstate_participant(self, command: c.ReinstateParticipant, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._reinstate_participant)
+
+    def _reinstate_participant(self, cmd: c.ReinstateParticipant, act: Act) -> Decision:
+        participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
+        participant.reinstate(act)
+        return Decision(participant, [participant])
+
+    def deregister_participant(self, command: c.DeregisterParticipant, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._deregister_participant)
+
+    def _deregister_participant(self, cmd: c.DeregisterParticipant, act: Act) -> Decision:
+        participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
+        note = parse_text(cmd.note, "note")
+        participant.deregister(note, act)
+        grants = self._revoke_grants(
+            participant.grant_ids, RevocationReason.OTHER, "R14", "R14: grantee deregistered", act
+        )
+        return Decision(participant, [participant, *grants])
+
+    # --- listings -------------------------------------------------------------------
+
+    def submit_listing(self, command: c.SubmitListing, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._submit_listing)
+
+    def _submit_listing(self, cmd: c.SubmitListing, act: Act) -> Decision:
+        exchange = self.load(Participant, cmd.exchange_id, "exchange_id")
+        provider = self.load(Participant, cmd.provider_id, "provider_id")
+        evidence = {
+            "compliance_assessment_ref": parse_text(
+                cmd.compliance_assessment_ref, "compliance_assessment_ref", limit=MAX_NAME
+            ),
+            "pi_impact_assessment_ref": parse_text(
+                cmd.pi_impact_assessment_ref, "pi_impact_assessment_ref", limit=MAX_NAME
+            ),
+            "consent_basis_ref": parse_text(
+                cmd.consent_basis_ref, "consent_basis_ref", limit=MAX_NAME
+            ),
+            "security_assessment_ref": parse_text(
+                cmd.security_assessment_ref, "security_assessment_ref", limit=MAX_NAME
+            ),
+        }
+        listing = Listing.submit(
+            entity_id("listing", act.request_id),
+            exchange,
+            provider,
+            parse_text(cmd.title, "title", required=True, limit=MAX_NAME),
+            parse_enum(Category, cmd.category, "category"),
+            parse_enum(Classification, cmd.classification, "classification"),
+            parse_enum(PersonalInformationLevel, cmd.pi_level, "pi_level"),
+            parse_enum_set(Right, cmd.rights, "rights"),
+            parse_enum_set(DeliveryMode, cmd.delivery_modes, "delivery_modes"),
+            list(cmd.scenarios),
+            Money.parse(cmd.price_currency, cmd.price_amount_minor, "list_price"),
+            evidence,
+            act,
+        )
+        return Decision(listing, [listing])
+
+    def record_assessment(self, command: c.RecordAssessment, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._record_assessment)
+
+    def _record_assessment(self, cmd: c.RecordAssessment, act: Act) -> Decision:
+        listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
+        assessor = self.load(Participant, cmd.assessor_id, "assessor_id")
+        listing.record_assessment(
+            assessor,
+            cmd.passed,
+            parse_text(cmd.reference, "reference", required=True, limit=MAX_NAME),
+            parse_text(cmd.notes, "notes"),
+            act,
+        )
+        return Decision(listing, [listing])
+
+    def approve_listing(self, command: c.ApproveListing, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._approve_listing)
+
+    def _approve_listing(self, cmd: c.ApproveListing, act: Act) -> Decision:
+        listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
+        exchange = self.load(Participant, listing.exchange_id, "exchange_id")
+        listing.approve(exchange, act)
+        return Decision(listing, [listing])
+
+    def reject_listing(self, command: c.RejectListing, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._reject_listing)
+
+    def _reject_listing(self, cmd: c.RejectListing, act: Act) -> Decision:
+        listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
+        listing.reject(parse_text(cmd.note, "note"), act)
+        return Decision(listing, [listing])
+
+    def suspend_listing(self, command: c.SuspendListing, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._suspend_listing)
+
+    def _suspend_listing(self, cmd: c.SuspendListing, act: Act) -> Decision:
+        listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
+        listing.suspend(parse_text(cmd.note, "note"), act)
+        grants = self._suspend_grants(listing.grant_ids, "R15", "R15: listing suspended", act)
+        return Decision(listing, [listing, *grants])
+
+    def reinstate_listing(self, command: c.ReinstateListing, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._reinstate_listing)
+
+    def _reinstate_listing(self, cmd: c.ReinstateListing, act: Act) -> Decision:
+        listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
+        listing.reinstate(act)
+        return Decision(listing, [listing])
+
+    def delist_listing(self, command: c.DelistListing, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._delist_listing)
+
+    def _delist_listing(self, cmd: c.DelistListing, act: Act) -> Decision:
+        listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
+        listing.delist(RevocationReason.LISTING_WITHDRAWN, parse_text(cmd.note, "note"), act)
+        grants = self._revoke_grants(
+            listing.grant_ids, RevocationReason.LISTING_WITHDRAWN, "R15", "R15: listing delisted",
+            act,
+        )
+        return Decision(listing, [listing, *grants])
+
+    def reclassify_listing(self, command: c.ReclassifyListing, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._reclassify_listing)
+
+    def _reclassify_listing(self, cmd: c.ReclassifyListing, act: Act) -> Decision:
+        listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
+        listing.reclassify(parse_enum(Classification, cmd.classification, "classification"), act)
+        grants: list[LedgerAggregate] = []
+        if listing.state is ListingState.DELISTED:
+            grants = self._revoke_grants(
+                listing.grant_ids, RevocationReason.RECLASSIFIED, "R01",
+                "R01: listing reclassified to CORE", act,
+            )
+        return Decision(listing, [listing, *grants])
+
+    def open_ownership_dispute(self, command: c.OpenOwnershipDispute, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._open_ownership_dispute)
+
+    def _open_ownership_dispute(self, cmd: c.OpenOwnershipDispute, act: Act) -> Decision:
+        listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
+        claimant = ""
+        if cmd.claimant_id:
+            claimant = str(self.load(Participant, cmd.claimant_id, "claimant_id").id)
+        listing.open_dispute(claimant, parse_text(cmd.note, "note"), act)
+        return Decision(listing, [listing])
+
+    def resolve_ownership_dispute(
+        self, command: c.ResolveOwnershipDispute, actor: Actor
+    ) -> Outcome:
+        return self._execute(command, actor, self._resolve_ownership_dispute)
+
+    def _resolve_ownership_dispute(self, cmd: c.ResolveOwnershipDispute, act: Act) -> Decision:
+        listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
+        listing.resolve_dispute(parse_text(cmd.note, "note"), act)
+        return Decision(listing, [listing])
+
+    # --- trades ---------------------------------------------------------------------
+
+    def record_sale(self, command: c.RecordSale, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._record_sale)
+
+    def _record_sale(self, cmd: c.RecordSale, act: Act) -> Decision:
+        rights = parse_enum_set(Right, cmd.rights, "rights")
+        conveyance = parse_enum(Conveyance, cmd.conveyance, "conveyance")
+        price = Money.parse(cmd.price_currency, cmd.price_amount_minor, "price")
+        term_start = require_aware(cmd.term_start, "term_start")
+        term_end = require_aware(cmd.term_end, "term_end")
+        listing = self.load(
+            Listing, cmd.listing_id, "listing_id", cmd.listing_etag, "listing_etag"
+        )
+        seller = self.load(Participant, cmd.seller_id, "seller_id")
+        buyer = self.load(Participant, cmd.buyer_id, "buyer_id")
+        trade = Trade.record_sale(
+            entity_id("trade", act.request_id),
+            listing,
+            seller,
+            buyer,
+            rights,
+            conveyance,
+            cmd.scenario,
+            term_start,
+            term_end,
+            price,
+            parse_text(cmd.settlement_ref, "settlement_ref", limit=MAX_NAME),
+            act,
+        )
+        return Decision(trade, [trade, listing])
+
+    def settle_trade(self, command: c.SettleTrade, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._settle_trade)
+
+    def _settle_trade(self, cmd: c.SettleTrade, act: Act) -> Decision:
+        trade = self.load(Trade, cmd.trade_id, "trade_id", cmd.etag)
+        trade.settle(parse_text(cmd.settlement_ref, "settlement_ref", limit=MAX_NAME), act)
+        return Decision(trade, [trade])
+
+    def cancel_trade(self, command: c.CancelTrade, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._cancel_trade)
+
+    def _cancel_trade(self, cmd: c.CancelTrade, act: Act) -> Decision:
+        trade = self.load(Trade, cmd.trade_id, "trade_id", cmd.etag)
+        listing = self.load(Listing, trade.listing_id, "listing_id")
+        trade.cancel(listing, parse_text(cmd.note, "note"), act)
+        grants = self._revoke_grants(
+            trade.grant_ids, RevocationReason.CONTRACT_TERMINATED, "R11", "R11: trade cancelled",
+            act,
+        )
+        return Decision(trade, [trade, listing, *grants])
+
+    # --- access ---------------------------------------------------------------------
+
+    def grant_access(self, command: c.GrantAccess, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._grant_access)
+
+    def _grant_access(self, cmd: c.GrantAccess, act: Act) -> Decision:
+        mode = parse_enum(DeliveryMode, cmd.delivery_mode, "delivery_mode")
+        valid_from = require_aware(cmd.valid_from, "valid_from") or act.effective_at
+        valid_until = require_aware(cmd.valid_until, "valid_until")
+        destination = cmd.destination_country or "CN"
+        if len(destination) != 2 or not destination.isascii() or not destination.isupper():
+            raise InvalidArgument.of(
+                "destination_country", "an ISO 3166-1 alpha-2 code in capitals; CN if domestic"
+            )
+        basis = None
+        if cmd.cross_border_basis_kind or cmd.cross_border_basis_ref:
+            basis = CrossBorderBasis(
+                parse_enum(CrossBorderBasisKind, cmd.cross_border_basis_kind,
+                           "cross_border_basis.kind"),
+                parse_text(cmd.cross_border_basis_ref, "cross_border_basis.reference",
+                           required=True, limit=MAX_NAME),
+            )
+        trade = self.load(Trade, cmd.trade_id, "trade_id")
+        listing = self.load(Listing, trade.listing_id, "listing_id")
+        grantee = self.load(Participant, trade.buyer_id, "grantee_id")
+        grant = AccessGrant.grant(
+            entity_id("grant", act.request_id),
+            trade,
+            listing,
+            grantee,
+            mode,
+            cmd.scenario,
+            valid_from,
+            valid_until,
+            destination,
+            basis,
+            cmd.usage_limit,
+            act,
+        )
+        return Decision(grant, [grant, trade, listing, grantee])
+
+    def suspend_access(self, command: c.SuspendAccess, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._suspend_access)
+
+    def _suspend_access(self, cmd: c.SuspendAccess, act: Act) -> Decision:
+        grant = self.load(AccessGrant, cmd.grant_id, "grant_id", cmd.etag)
+        grant.suspend(parse_text(cmd.note, "note"), act)
+        return Decision(grant, [grant])
+
+    def reinstate_access(self, command: c.ReinstateAccess, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._reinstate_access)
+
+    def _reinstate_access(self, cmd: c.ReinstateAccess, act: Act) -> Decision:
+        grant = self.load(AccessGrant, cmd.grant_id, "grant_id", cmd.etag)
+        trade = self.load(Trade, grant.trade_id, "trade_id")
+        listing = self.load(Listing, grant.listing_id, "listing_id")
+        grantee = self.load(Participant, grant.grantee_id, "grantee_id")
+        grant.reinstate(trade, listing, grantee, act)
+        return Decision(grant, [grant, trade, listing, grantee])
+
+    def revoke_access(self, command: c.RevokeAccess, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._revoke_access)
+
+    def _revoke_access(self, cmd: c.RevokeAccess, act: Act) -> Decision:
+        grant = self.load(AccessGrant, cmd.grant_id, "grant_id", cmd.etag)
+        reason = RevocationReason.parse(cmd.reason, "reason") if cmd.reason else None
+        grant.revoke(reason, parse_text(cmd.note, "note"), act)
+        return Decision(grant, [grant])
+
+    def record_access_use(self, command: c.RecordAccessUse, actor: Actor) -> Outcome:
+        return self._execute(command, actor, self._record_access_use)
+
+    def _record_access_use(self, cmd: c.RecordAccessUse, act: Act) -> Decision:
+        grant = self.load(AccessGrant, cmd.grant_id, "grant_id", cmd.etag)
+        used_at = require_aware(cmd.used_at, "used_at") or act.effective_at
+        if used_at > act.recorded_at:
+            raise InvalidArgument.of("used_at", "is in the future")
+        grant.record_use(
+            parse_enum(DeliveryMode, cmd.delivery_mode, "delivery_mode"),
+            cmd.scenario,
+            used_at,
+            cmd.units,
+            act,
+        )
+        return Decision(grant, [grant])
+
+    # --- dispatch -------------------------------------------------------------------
+
+    def execute(self, command: c.Command, actor: Actor) -> Outcome:
+        """Runs any command by its type (used by batch ingest and tests)."""
+        method: Callable[[Any, Actor], Outcome] = getattr(self, _method_name(command.kind))
+        return method(command, actor)
+
+    def head_position(self) -> int:
+        with self.database_errors():
+            return self.recorder.max_notification_id() or 0
+
+
+def _method_name(kind: str) -> str:
+    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in kind).lstrip("_")

@@ -1,0 +1,68 @@
+"""Parsing of wire-level command fields into domain values, naming the field on error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TypeVar
+from uuid import UUID
+
+from ledger.domain.errors import InvalidArgument
+from ledger.domain.values import NamedEnum
+
+E = TypeVar("E", bound=NamedEnum)
+
+MAX_TEXT = 4096
+MAX_NAME = 512
+
+
+def parse_uuid(value: str, field: str) -> UUID:
+    if not value:
+        raise InvalidArgument.of(field, "is required")
+    try:
+        parsed = UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidArgument.of(field, f"{value[:64]!r} is not a UUID") from None
+    if str(parsed) != value.lower():
+        raise InvalidArgument.of(field, "use the canonical hyphenated UUID form")
+    return parsed
+
+
+def parse_request_id(value: str) -> str:
+    return str(parse_uuid(value, "request_id"))
+
+
+def parse_etag(value: str, field: str = "etag") -> int | None:
+    if not value:
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise InvalidArgument.of(field, "an etag is the resource version from a previous read")
+    return int(value)
+
+
+def parse_enum(enum: type[E], value: str, field: str) -> E:
+    if not value:
+        raise InvalidArgument.of(field, "is required")
+    return enum.parse(value, field)
+
+
+def parse_enum_set(
+    enum: type[E], values: Iterable[str], field: str, *, allow_empty: bool = False
+) -> frozenset[E]:
+    return enum.parse_set(list(values), field, allow_empty=allow_empty)
+
+
+def parse_text(value: str, field: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
+    if required and not value.strip():
+        raise InvalidArgument.of(field, "is required")
+    if len(value) > limit:
+        raise InvalidArgument.of(field, f"at most {limit} characters")
+    if any(ord(c) < 32 and c not in "\t\n" for c in value):
+        raise InvalidArgument.of(field, "contains control characters")
+    return value
+
+
+def require_aware(value: datetime | None, field: str) -> datetime | None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise InvalidArgument.of(field, "a timestamp needs a time zone")
+    return value

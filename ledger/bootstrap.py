@@ -1,0 +1,74 @@
+"""The composition root: builds the ledger's parts from :class:`Settings`.
+
+Nothing connects at import; entry points and tests call these functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ledger.application.app import MarketLedger
+from ledger.clock import Clock
+from ledger.domain.errors import InvalidArgument
+from ledger.settings import Settings
+
+
+def store_env(settings: Settings) -> dict[str, str]:
+    """Translates ``LEDGER_DATABASE_URL`` into the event store library's settings.
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``;
+    ``postgresql://user:password@host:port/dbname?schema=name``; ``memory:`` (tests only).
+    """
+    url = settings.database_url
+    parts = urlsplit(url)
+    if parts.scheme == "memory":
+        # In-process only (tests): nothing survives the process.
+        return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    if parts.scheme == "sqlite":
+        path = unquote(parts.path)
+        dbname = path[1:] if path.startswith("/") else path
+        if not dbname:
+            raise InvalidArgument.of("database_url", f"no database file in {url!r}")
+        if dbname != ":memory:" and not dbname.startswith("file:"):
+            Path(dbname).parent.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": dbname,
+            "SQLITE_LOCK_TIMEOUT": str(int(settings.connect_timeout_s)),
+        }
+    if parts.scheme in ("postgresql", "postgres"):
+        query = parse_qs(parts.query)
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
+            "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(parts.port or 5432),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_POOL_SIZE": str(settings.pool_size),
+            "POSTGRES_MAX_OVERFLOW": str(settings.pool_size),
+            "POSTGRES_CONNECT_TIMEOUT": str(max(1, int(settings.connect_timeout_s))),
+            "POSTGRES_MAX_WAITING": "64",
+            # A connection that dies with the server is replaced before use.
+            "POSTGRES_PRE_PING": "y",
+            "POSTGRES_LOCK_TIMEOUT": str(max(1, int(settings.connect_timeout_s))),
+            "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "30",
+        }
+        if "schema" in query:
+            env["POSTGRES_SCHEMA"] = query["schema"][0]
+        return env
+    raise InvalidArgument.of(
+        "database_url",
+        f"unsupported scheme {parts.scheme!r}: use sqlite:///path.db or postgresql://…",
+    )
+
+
+def backend_name(settings: Settings) -> str:
+    scheme = urlsplit(settings.database_url).scheme
+    return {"postgres": "postgresql"}.get(scheme, scheme)
+
+
+def build_application(settings: Settings, clock: Clock | None = None) -> MarketLedger:
+    """Builds the ledger application on the configured event store."""
+    return MarketLedger(env=store_env(settings), clock=clock)
