@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ledger.application.app import MarketLedger
 from ledger.clock import Clock
-from ledger.domain.errors import InvalidArgument
+from ledger.domain.errors import InvalidArgument, Unavailable
 from ledger.settings import Settings
 
 
@@ -69,6 +69,31 @@ def backend_name(settings: Settings) -> str:
     return {"postgres": "postgresql"}.get(scheme, scheme)
 
 
+def ensure_schema(env: dict[str, str]) -> None:
+    """Creates the configured PostgreSQL schema if it is missing (tables come with the app)."""
+    schema = env.get("POSTGRES_SCHEMA")
+    if not schema:
+        return
+    import psycopg
+    from psycopg.sql import SQL, Identifier
+
+    conninfo = psycopg.conninfo.make_conninfo(
+        dbname=env["POSTGRES_DBNAME"],
+        host=env["POSTGRES_HOST"],
+        port=env["POSTGRES_PORT"],
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"] or None,
+        connect_timeout=env["POSTGRES_CONNECT_TIMEOUT"],
+    )
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+    except psycopg.OperationalError as e:
+        raise Unavailable(f"PostgreSQL is unavailable: {e}") from e
+
+
 def build_application(settings: Settings, clock: Clock | None = None) -> MarketLedger:
     """Builds the ledger application on the configured event store."""
-    return MarketLedger(env=store_env(settings), clock=clock)
+    env = store_env(settings)
+    ensure_schema(env)
+    return MarketLedger(env=env, clock=clock)

@@ -31,7 +31,15 @@ from ledger.application.parse import (
 )
 from ledger.clock import Clock, SystemClock
 from ledger.domain.base import Act, LedgerAggregate
-from ledger.domain.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
+from ledger.domain.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidArgument,
+    LedgerError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from ledger.domain.grant import AccessGrant
 from ledger.domain.listing import Listing
 from ledger.domain.participant import Participant
@@ -64,10 +72,21 @@ MAX_ATTEMPTS = 5
 
 @dataclass(frozen=True)
 class Actor:
-    """The authenticated principal on whose behalf a command runs."""
+    """The authenticated principal on whose behalf a command runs.
+
+    ``venues`` limits the exchanges whose listings, trades and grants the actor may touch;
+    ``None`` means every venue.
+    """
 
     id: str
     role: str
+    venues: frozenset[str] | None = None
+
+    def check_venue(self, exchange_id: str) -> None:
+        if self.venues is not None and exchange_id not in self.venues:
+            raise PermissionDenied(
+                f"{self.role} {self.id} may not act on exchange {exchange_id}'s venue"
+            )
 
 
 @dataclass(frozen=True)
@@ -94,7 +113,7 @@ class Decision:
 Handler = Callable[[Any, Act], Decision]
 
 
-class MarketLedger(Application):
+class MarketLedger(Application[UUID]):
     """Records the acts of a regulated data market as events, one atomic write per command.
 
     The name must not upper-case to ``LEDGER``: the library reads ``<NAME>_*`` settings.
@@ -116,16 +135,24 @@ class MarketLedger(Application):
         except (OperationalError, InterfaceError) as e:
             raise Unavailable(f"the event store is unavailable: {e}") from e
 
-    def _execute(self, command: Cmd, actor: Actor, handler: Callable[[Cmd, Act], Decision]) -> Outcome:
+    def _execute(
+        self, command: Cmd, actor: Actor, handler: Callable[[Cmd, Act], Decision]
+    ) -> Outcome:
         request_id = parse_request_id(command.request_id)
         fingerprint = command.fingerprint()
         with self.database_errors():
             for _attempt in range(MAX_ATTEMPTS):
-                replay = self._replay(request_id, fingerprint)
+                replay = self._replay(request_id, fingerprint, actor)
                 if replay is not None:
                     return replay
                 act = self._act(command, actor, request_id)
-                decision = handler(command, act)
+                try:
+                    decision = handler(command, act)
+                except LedgerError:
+                    # Say nothing about another venue's resources, not even why not.
+                    self._check_venue(actor, self._venue_of(command))
+                    raise
+                self._check_venue(actor, _venue(decision.subject))
                 marker = RequestMarker.accept(command.kind, fingerprint, decision.subject, act)
                 try:
                     # The marker goes last, so its position is the position of the write.
@@ -157,10 +184,10 @@ class MarketLedger(Application):
             recorded_at=now,
         )
 
-    def _replay(self, request_id: str, fingerprint: str) -> Outcome | None:
+    def _replay(self, request_id: str, fingerprint: str, actor: Actor) -> Outcome | None:
         marker_id = marker_id_of(request_id)
         try:
-            marker = self.repository.get(marker_id)
+            marker: LedgerAggregate = self.repository.get(marker_id)
         except AggregateNotFoundError:
             return None
         assert isinstance(marker, RequestMarker)  # for mypy
@@ -169,8 +196,33 @@ class MarketLedger(Application):
                 f"request_id {request_id} was already used for a different {marker.command} "
                 "request; use a new request_id for a new request"
             )
-        resource = self.repository.get(UUID(marker.resource_id), version=marker.resource_version)
+        resource: LedgerAggregate = self.repository.get(
+            UUID(marker.resource_id), version=marker.resource_version
+        )
+        self._check_venue(actor, _venue(resource))
         return Outcome(resource, self.position_of(marker_id), replayed=True)
+
+    @staticmethod
+    def _check_venue(actor: Actor, venue: str | None) -> None:
+        if venue is not None:
+            actor.check_venue(venue)
+
+    def _venue_of(self, command: c.Command) -> str | None:
+        """The exchange whose venue a command targets, if it can be told."""
+        targets: tuple[tuple[str, type[Listing | Trade | AccessGrant]], ...] = (
+            ("grant_id", AccessGrant),
+            ("trade_id", Trade),
+            ("listing_id", Listing),
+        )
+        for field, cls in targets:
+            value = getattr(command, field, "")
+            if value:
+                try:
+                    return self.load(cls, value, field).exchange_id
+                except LedgerError:
+                    return None
+        venue = getattr(command, "exchange_id", None)
+        return str(venue) if venue else None
 
     def position_of(self, originator_id: UUID, version: int = 1) -> int:
         """Returns the log position of one stored event."""
@@ -184,7 +236,7 @@ class MarketLedger(Application):
         expected = parse_etag(etag, etag_field)
         resource = cls.__name__.lower().replace("accessgrant", "grant")
         try:
-            aggregate = self.repository.get(aggregate_id)
+            aggregate: LedgerAggregate = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             raise NotFound(resource, aggregate_id, field) from None
         if not isinstance(aggregate, cls):
@@ -196,20 +248,27 @@ class MarketLedger(Application):
             )
         return aggregate
 
-    def get(self, cls: type[A], value: str, field: str = "id") -> A:
+    def get(self, cls: type[A], value: str, actor: Actor, field: str = "id") -> A:
+        """Reads one resource for ``actor``; another venue's resource is not found."""
         with self.database_errors():
-            return self.load(cls, value, field)
+            resource = self.load(cls, value, field)
+        venue = _venue(resource)
+        if venue is not None and actor.venues is not None and venue not in actor.venues:
+            raise NotFound(type(resource).__name__.lower(), value, field)
+        return resource
 
     def _live_grants(self, grant_ids: set[str]) -> list[AccessGrant]:
         grants = []
         for grant_id in sorted(grant_ids):
-            grant = self.repository.get(UUID(grant_id))
+            grant: LedgerAggregate = self.repository.get(UUID(grant_id))
             assert isinstance(grant, AccessGrant)  # for mypy
             if grant.is_live:
                 grants.append(grant)
         return grants
 
-    def _suspend_grants(self, grant_ids: set[str], rule: str, note: str, act: Act) -> list[LedgerAggregate]:
+    def _suspend_grants(
+        self, grant_ids: set[str], rule: str, note: str, act: Act
+    ) -> list[LedgerAggregate]:
         suspended: list[LedgerAggregate] = []
         for grant in self._live_grants(grant_ids):
             if grant.status is GrantState.ACTIVE:
@@ -243,7 +302,7 @@ class MarketLedger(Application):
         name = parse_text(cmd.name, "name", required=True, limit=MAX_NAME)
         roles = parse_enum_set(ParticipantRole, cmd.roles, "roles")
         try:
-            claimed = self.repository.get(party_key_id(party.key))
+            claimed: LedgerAggregate = self.repository.get(party_key_id(party.key))
         except AggregateNotFoundError:
             pass
         else:
@@ -263,7 +322,9 @@ class MarketLedger(Application):
         participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
         level = parse_enum(CertificationLevel, cmd.level, "level")
         categories = parse_enum_set(Category, cmd.categories, "categories")
-        max_classification = parse_enum(Classification, cmd.max_classification, "max_classification")
+        max_classification = parse_enum(
+            Classification, cmd.max_classification, "max_classification"
+        )
         valid_from = require_aware(cmd.valid_from, "valid_from") or act.effective_at
         valid_until = require_aware(cmd.valid_until, "valid_until")
         if valid_until is None:
@@ -271,8 +332,14 @@ class MarketLedger(Application):
         reference = parse_text(cmd.reference, "reference", required=True, limit=MAX_NAME)
         certification_id = str(entity_id("certification", act.request_id))
         participant.issue_certification(
-            certification_id, level, categories, max_classification, valid_from, valid_until,
-            reference, act,
+            certification_id,
+            level,
+            categories,
+            max_classification,
+            valid_from,
+            valid_until,
+            reference,
+            act,
         )
         return Decision(participant, [participant])
 
@@ -308,8 +375,11 @@ class MarketLedger(Application):
         note = parse_text(cmd.note, "note")
         participant.revoke_certification(cert_id, reason, note, act)
         grants = self._revoke_grants(
-            participant.grant_ids, RevocationReason.CERTIFICATION_LOST, "R14",
-            f"R14: grantee's certification {cert_id} revoked", act,
+            participant.grant_ids,
+            RevocationReason.CERTIFICATION_LOST,
+            "R14",
+            f"R14: grantee's certification {cert_id} revoked",
+            act,
         )
         return Decision(participant, [participant, *grants])
 
@@ -438,7 +508,10 @@ class MarketLedger(Application):
         listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
         listing.delist(RevocationReason.LISTING_WITHDRAWN, parse_text(cmd.note, "note"), act)
         grants = self._revoke_grants(
-            listing.grant_ids, RevocationReason.LISTING_WITHDRAWN, "R15", "R15: listing delisted",
+            listing.grant_ids,
+            RevocationReason.LISTING_WITHDRAWN,
+            "R15",
+            "R15: listing delisted",
             act,
         )
         return Decision(listing, [listing, *grants])
@@ -452,8 +525,11 @@ class MarketLedger(Application):
         grants: list[LedgerAggregate] = []
         if listing.state is ListingState.DELISTED:
             grants = self._revoke_grants(
-                listing.grant_ids, RevocationReason.RECLASSIFIED, "R01",
-                "R01: listing reclassified to CORE", act,
+                listing.grant_ids,
+                RevocationReason.RECLASSIFIED,
+                "R01",
+                "R01: listing reclassified to CORE",
+                act,
             )
         return Decision(listing, [listing, *grants])
 
@@ -489,9 +565,7 @@ class MarketLedger(Application):
         price = Money.parse(cmd.price_currency, cmd.price_amount_minor, "price")
         term_start = require_aware(cmd.term_start, "term_start")
         term_end = require_aware(cmd.term_end, "term_end")
-        listing = self.load(
-            Listing, cmd.listing_id, "listing_id", cmd.listing_etag, "listing_etag"
-        )
+        listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.listing_etag, "listing_etag")
         seller = self.load(Participant, cmd.seller_id, "seller_id")
         buyer = self.load(Participant, cmd.buyer_id, "buyer_id")
         trade = Trade.record_sale(
@@ -526,7 +600,10 @@ class MarketLedger(Application):
         listing = self.load(Listing, trade.listing_id, "listing_id")
         trade.cancel(listing, parse_text(cmd.note, "note"), act)
         grants = self._revoke_grants(
-            trade.grant_ids, RevocationReason.CONTRACT_TERMINATED, "R11", "R11: trade cancelled",
+            trade.grant_ids,
+            RevocationReason.CONTRACT_TERMINATED,
+            "R11",
+            "R11: trade cancelled",
             act,
         )
         return Decision(trade, [trade, listing, *grants])
@@ -548,10 +625,15 @@ class MarketLedger(Application):
         basis = None
         if cmd.cross_border_basis_kind or cmd.cross_border_basis_ref:
             basis = CrossBorderBasis(
-                parse_enum(CrossBorderBasisKind, cmd.cross_border_basis_kind,
-                           "cross_border_basis.kind"),
-                parse_text(cmd.cross_border_basis_ref, "cross_border_basis.reference",
-                           required=True, limit=MAX_NAME),
+                parse_enum(
+                    CrossBorderBasisKind, cmd.cross_border_basis_kind, "cross_border_basis.kind"
+                ),
+                parse_text(
+                    cmd.cross_border_basis_ref,
+                    "cross_border_basis.reference",
+                    required=True,
+                    limit=MAX_NAME,
+                ),
             )
         trade = self.load(Trade, cmd.trade_id, "trade_id")
         listing = self.load(Listing, trade.listing_id, "listing_id")
@@ -627,6 +709,11 @@ class MarketLedger(Application):
     def head_position(self) -> int:
         with self.database_errors():
             return self.recorder.max_notification_id() or 0
+
+
+def _venue(resource: LedgerAggregate) -> str | None:
+    venue = getattr(resource, "exchange_id", None)
+    return str(venue) if venue is not None else None
 
 
 def _method_name(kind: str) -> str:

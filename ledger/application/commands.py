@@ -293,4 +293,3 @@ ALL_COMMANDS: tuple[type[Command], ...] = tuple(
     for cls in list(globals().values())
     if isinstance(cls, type) and issubclass(cls, Command) and "kind" in cls.__dict__
 )
-

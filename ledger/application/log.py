@@ -37,7 +37,7 @@ def position_of(recorder: Recorder, originator_id: UUID, version: int) -> int:
         return int(result["notification_id"]) if result else 0
     if isinstance(recorder, POPOApplicationRecorder):
         # The in-memory recorder numbers notifications by their index in its list, from 1.
-        index = recorder._stored_events_index[str(originator_id)].get(version)  # noqa: SLF001
+        index = recorder._stored_events_index[str(originator_id)].get(version)
         return 0 if index is None else index + 1
     msg = f"no log positions for {type(recorder).__name__}"
     raise NotImplementedError(msg)

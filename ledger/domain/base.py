@@ -62,7 +62,7 @@ def create(
     aggregate_class: type[Any], event_class: type[Any], aggregate_id: Any, act: Act, **fields: Any
 ) -> Any:
     """Creates a new aggregate of ``aggregate_class`` from its first event."""
-    return aggregate_class._create(  # noqa: SLF001  (the library's documented creation hook)
+    return aggregate_class._create(
         event_class,
         id=aggregate_id,
         timestamp=act.recorded_at,

@@ -83,6 +83,10 @@ class InvalidState(LedgerError):
         super().__init__(f"{reason}: {message}")
 
 
+class PermissionDenied(LedgerError):
+    """The caller's role or scope does not reach this resource (PERMISSION_DENIED)."""
+
+
 class Unavailable(LedgerError):
     """The database cannot be reached right now; the command was not applied and is safe
     to retry with the same request_id (UNAVAILABLE)."""

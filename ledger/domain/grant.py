@@ -70,7 +70,6 @@ class AccessGrant(LedgerAggregate):
             aggregate.status = GrantState.ACTIVE
             aggregate.revocation_reason = None
 
-
     class Suspended(LedgerEvent):
         TOPIC = "ledger/AccessSuspended"
         note: str
@@ -206,9 +205,7 @@ class AccessGrant(LedgerAggregate):
         self.trigger(self.Reinstated, act)
         self.attach_to(trade, listing, grantee, act)
 
-    def revoke(
-        self, reason: RevocationReason | None, note: str, act: Act, rule: str = ""
-    ) -> None:
+    def revoke(self, reason: RevocationReason | None, note: str, act: Act, rule: str = "") -> None:
         reason = check_r16_revocation_reason(reason, note)
         if self.status is GrantState.REVOKED:
             raise InvalidState("GRANT_REVOKED", "the grant is already revoked")

@@ -113,7 +113,6 @@ class Listing(LedgerAggregate):
             aggregate.licences = {}
             aggregate.grant_ids = set()
 
-
     class AssessmentRecorded(LedgerEvent):
         TOPIC = "ledger/AssessmentRecorded"
         assessor_id: str
@@ -295,8 +294,8 @@ class Listing(LedgerAggregate):
             category=category.name,
             classification=classification.name,
             pi_level=pi_level.name,
-            rights=names(rights),  # type: ignore[arg-type]
-            delivery_modes=names(delivery_modes),  # type: ignore[arg-type]
+            rights=names(rights),
+            delivery_modes=names(delivery_modes),
             scenarios=scenarios,
             list_price=list_price.to_json(),
             evidence={k: v for k, v in sorted(evidence.items()) if v},
@@ -403,7 +402,7 @@ class Listing(LedgerAggregate):
             trade_id=trade_id,
             from_id=from_id,
             to_id=to_id,
-            rights=names(rights),  # type: ignore[arg-type]
+            rights=names(rights),
             reversal=reversal,
         )
 
@@ -423,7 +422,7 @@ class Listing(LedgerAggregate):
             trade_id=trade_id,
             licensor_id=licensor_id,
             licensee_id=licensee_id,
-            rights=names(rights),  # type: ignore[arg-type]
+            rights=names(rights),
             term_start=term_start,
             term_end=term_end,
         )

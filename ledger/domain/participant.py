@@ -77,7 +77,6 @@ class Participant(LedgerAggregate):
             aggregate.certifications = {}
             aggregate.grant_ids = set()
 
-
     class Suspended(LedgerEvent):
         TOPIC = "ledger/ParticipantSuspended"
         note: str
@@ -189,7 +188,7 @@ class Participant(LedgerAggregate):
             act,
             party=party.to_json(),
             name=name.strip(),
-            roles=names(roles),  # type: ignore[arg-type]
+            roles=names(roles),
         )
         return participant
 
@@ -236,7 +235,7 @@ class Participant(LedgerAggregate):
             act,
             certification_id=certification_id,
             level=level.name,
-            categories=names(categories),  # type: ignore[arg-type]
+            categories=names(categories),
             max_classification=max_classification.name,
             valid_from=valid_from,
             valid_until=valid_until,

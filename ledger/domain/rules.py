@@ -101,9 +101,7 @@ def check_r04_provider_holds_operate(rights: Set[Right]) -> None:
 def check_r04_not_disputed(listing: Listing, action: str) -> None:
     """R04: a listing with an open ownership dispute cannot be approved, sold or granted."""
     if listing.disputed:
-        raise RuleViolation(
-            "R04", "OWNERSHIP_DISPUTED", f"ownership is disputed; cannot {action}"
-        )
+        raise RuleViolation("R04", "OWNERSHIP_DISPUTED", f"ownership is disputed; cannot {action}")
 
 
 def check_r05_listing_is_listed(listing: Listing) -> None:
@@ -118,7 +116,9 @@ def check_r06_sale_scenario(listing: Listing, scenario: str) -> None:
     """R06 (无场景不交易): a sale's scenario is one of the listing's scenarios."""
     if scenario not in listing.scenarios:
         raise RuleViolation(
-            "R06", "SCENARIO_NOT_ALLOWED", f"{scenario!r} is not a scenario of the listing",
+            "R06",
+            "SCENARIO_NOT_ALLOWED",
+            f"{scenario!r} is not a scenario of the listing",
             "scenario",
         )
 
@@ -139,20 +139,26 @@ def check_r07_parties(
     for side, party in (("seller", seller), ("buyer", buyer)):
         if not party.is_active:
             raise RuleViolation(
-                "R07", f"{side.upper()}_NOT_ACTIVE", f"the {side} is {party.state.name}",
+                "R07",
+                f"{side.upper()}_NOT_ACTIVE",
+                f"the {side} is {party.state.name}",
                 f"{side}_id",
             )
     if str(seller.id) != listing.provider_id:
         if not seller.has_role(ParticipantRole.DATA_DEALER):
             raise RuleViolation(
-                "R07", "SELLER_NOT_DEALER", "a seller other than the provider must be a "
-                "certified DATA_DEALER", "seller_id",
+                "R07",
+                "SELLER_NOT_DEALER",
+                "a seller other than the provider must be a certified DATA_DEALER",
+                "seller_id",
             )
         if seller.valid_certification(at, listing.category, listing.classification) is None:
             raise RuleViolation(
-                "R07", "DEALER_NOT_CERTIFIED",
+                "R07",
+                "DEALER_NOT_CERTIFIED",
                 f"the dealer holds no valid certification covering "
-                f"{listing.category.name}/{listing.classification.name}", "seller_id",
+                f"{listing.category.name}/{listing.classification.name}",
+                "seller_id",
             )
 
 
@@ -165,8 +171,10 @@ def check_r08_important_buyer(listing: Listing, buyer: Participant, at: datetime
         return
     if buyer.valid_certification(at, None, Classification.IMPORTANT) is None:
         raise RuleViolation(
-            "R08", "BUYER_NOT_CERTIFIED_FOR_IMPORTANT",
-            "IMPORTANT data goes only to certified buyers or regulators", "buyer_id",
+            "R08",
+            "BUYER_NOT_CERTIFIED_FOR_IMPORTANT",
+            "IMPORTANT data goes only to certified buyers or regulators",
+            "buyer_id",
         )
 
 
@@ -188,8 +196,10 @@ def check_r10_rights_held(
     holder (it is transferred, never licensed)."""
     if conveyance is Conveyance.LICENCE and Right.HOLD in rights:
         raise RuleViolation(
-            "R10", "HOLD_NOT_LICENSABLE", "HOLD has exactly one holder; it can only be "
-            "transferred", "rights",
+            "R10",
+            "HOLD_NOT_LICENSABLE",
+            "HOLD has exactly one holder; it can only be transferred",
+            "rights",
         )
     held = (
         listing.exclusive_rights_of(seller_id)
@@ -199,8 +209,10 @@ def check_r10_rights_held(
     missing = set(rights) - held
     if missing:
         raise RuleViolation(
-            "R10", "RIGHTS_NOT_HELD",
-            f"the seller does not hold {', '.join(sorted(r.name for r in missing))}", "rights",
+            "R10",
+            "RIGHTS_NOT_HELD",
+            f"the seller does not hold {', '.join(sorted(r.name for r in missing))}",
+            "rights",
         )
 
 
@@ -230,7 +242,9 @@ def check_r11_grant_source(
         )
     if mode not in listing.delivery_modes:
         raise RuleViolation(
-            "R11", "DELIVERY_MODE_NOT_OFFERED", f"the listing does not offer {mode.name}",
+            "R11",
+            "DELIVERY_MODE_NOT_OFFERED",
+            f"the listing does not offer {mode.name}",
             "delivery_mode",
         )
 
@@ -246,13 +260,15 @@ def check_r12_cross_border(
         basis is None or basis.kind is not CrossBorderBasisKind.SECURITY_ASSESSMENT
     ):
         raise RuleViolation(
-            "R12", "SECURITY_ASSESSMENT_REQUIRED",
+            "R12",
+            "SECURITY_ASSESSMENT_REQUIRED",
             "IMPORTANT data leaves China only under a security assessment",
             "cross_border_basis",
         )
     if listing.pi_level is not PersonalInformationLevel.NONE and basis is None:
         raise RuleViolation(
-            "R12", "CROSS_BORDER_BASIS_REQUIRED",
+            "R12",
+            "CROSS_BORDER_BASIS_REQUIRED",
             "personal information leaves China only with a cross-border basis "
             "(security assessment, standard contract or certification)",
             "cross_border_basis",
@@ -268,12 +284,16 @@ def check_r13_sensitive_evidence(
         return
     if not pi_impact_assessment_ref:
         raise RuleViolation(
-            "R13", "PI_IMPACT_ASSESSMENT_REQUIRED", "SENSITIVE data needs a PI impact assessment",
+            "R13",
+            "PI_IMPACT_ASSESSMENT_REQUIRED",
+            "SENSITIVE data needs a PI impact assessment",
             "pi_impact_assessment_ref",
         )
     if not consent_basis_ref:
         raise RuleViolation(
-            "R13", "SEPARATE_CONSENT_REQUIRED", "SENSITIVE data needs a separate-consent basis",
+            "R13",
+            "SEPARATE_CONSENT_REQUIRED",
+            "SENSITIVE data needs a separate-consent basis",
             "consent_basis_ref",
         )
 
@@ -281,26 +301,20 @@ def check_r13_sensitive_evidence(
 def check_r14_grantee_active(grantee: Participant) -> None:
     """R14: no grant may be ACTIVE to a suspended or deregistered participant."""
     if not grantee.is_active:
-        raise RuleViolation(
-            "R14", "GRANTEE_NOT_ACTIVE", f"the grantee is {grantee.state.name}"
-        )
+        raise RuleViolation("R14", "GRANTEE_NOT_ACTIVE", f"the grantee is {grantee.state.name}")
 
 
 def check_r15_listing_active(listing: Listing) -> None:
     """R15: no grant may be ACTIVE on a suspended or delisted listing; reinstating a
     listing does not reinstate its grants."""
     if listing.state is not ListingState.LISTED:
-        raise RuleViolation(
-            "R15", "LISTING_NOT_LISTED", f"the listing is {listing.state.name}"
-        )
+        raise RuleViolation("R15", "LISTING_NOT_LISTED", f"the listing is {listing.state.name}")
 
 
 def check_r16_not_revoked(revoked: bool, resource: str) -> None:
     """R16: a revoked grant or a revoked certification is never reinstated."""
     if revoked:
-        raise RuleViolation(
-            "R16", "REVOKED_IS_FINAL", f"a revoked {resource} is never reinstated"
-        )
+        raise RuleViolation("R16", "REVOKED_IS_FINAL", f"a revoked {resource} is never reinstated")
 
 
 def check_r16_revocation_reason(reason: RevocationReason | None, note: str) -> RevocationReason:

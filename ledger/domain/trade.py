@@ -60,7 +60,6 @@ class Trade(LedgerAggregate):
             aggregate.executed_at = self.effective_at
             aggregate.grant_ids = set()
 
-
     class Settled(LedgerEvent):
         TOPIC = "ledger/TradeSettled"
         settlement_ref: str
@@ -146,7 +145,7 @@ class Trade(LedgerAggregate):
             exchange_id=listing.exchange_id,
             seller_id=seller_id,
             buyer_id=buyer_id,
-            rights=names(rights),  # type: ignore[arg-type]
+            rights=names(rights),
             conveyance=conveyance.name,
             scenario=scenario,
             term_start=term_start,
@@ -167,7 +166,9 @@ class Trade(LedgerAggregate):
         self._require_executed("settle")
         if not settlement_ref.strip() and not self.settlement_ref:
             raise InvalidArgument.of("settlement_ref", "a settlement needs a payment reference")
-        self.trigger(self.Settled, act, settlement_ref=settlement_ref.strip() or self.settlement_ref)
+        self.trigger(
+            self.Settled, act, settlement_ref=settlement_ref.strip() or self.settlement_ref
+        )
 
     def cancel(self, listing: Listing, note: str, act: Act) -> None:
         """Cancels an executed trade and gives its rights back: a transfer is reversed

@@ -276,9 +276,7 @@ class Money:
     @classmethod
     def parse(cls, currency: str, amount_minor: int, field: str) -> Money:
         if not _CURRENCY.match(currency or ""):
-            raise InvalidArgument.of(
-                f"{field}.currency", "an ISO 4217 code in capitals, e.g. CNY"
-            )
+            raise InvalidArgument.of(f"{field}.currency", "an ISO 4217 code in capitals, e.g. CNY")
         if not isinstance(amount_minor, int) or isinstance(amount_minor, bool):
             raise InvalidArgument.of(f"{field}.amount_minor", "must be an integer")
         if amount_minor < 0:
