@@ -5,10 +5,16 @@ Nothing connects at import; entry points and tests call these functions.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from eventsourcing.persistence import InterfaceError, OperationalError
+
 from ledger.application.app import MarketLedger
+from ledger.application.guard import StoreGuard
 from ledger.clock import Clock
 from ledger.domain.errors import InvalidArgument, Unavailable
 from ledger.settings import Settings
@@ -48,6 +54,7 @@ def store_env(settings: Settings) -> dict[str, str]:
             "POSTGRES_PASSWORD": unquote(parts.password or ""),
             "POSTGRES_POOL_SIZE": str(settings.pool_size),
             "POSTGRES_MAX_OVERFLOW": str(settings.pool_size),
+            # The pool's wait for a free connection; the library retries it ten times.
             "POSTGRES_CONNECT_TIMEOUT": str(max(1, int(settings.connect_timeout_s))),
             "POSTGRES_MAX_WAITING": "64",
             # A connection that dies with the server is replaced before use.
@@ -77,14 +84,7 @@ def ensure_schema(env: dict[str, str]) -> None:
     import psycopg
     from psycopg.sql import SQL, Identifier
 
-    conninfo = psycopg.conninfo.make_conninfo(
-        dbname=env["POSTGRES_DBNAME"],
-        host=env["POSTGRES_HOST"],
-        port=env["POSTGRES_PORT"],
-        user=env["POSTGRES_USER"],
-        password=env["POSTGRES_PASSWORD"] or None,
-        connect_timeout=env["POSTGRES_CONNECT_TIMEOUT"],
-    )
+    conninfo = postgres_conninfo(env, int(env["POSTGRES_CONNECT_TIMEOUT"]))
     try:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
@@ -92,8 +92,77 @@ def ensure_schema(env: dict[str, str]) -> None:
         raise Unavailable(f"PostgreSQL is unavailable: {e}") from e
 
 
+def postgres_conninfo(env: dict[str, str], connect_timeout_s: int) -> str:
+    import psycopg
+
+    return psycopg.conninfo.make_conninfo(
+        dbname=env["POSTGRES_DBNAME"],
+        host=env["POSTGRES_HOST"],
+        port=env["POSTGRES_PORT"],
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"] or None,
+        connect_timeout=str(connect_timeout_s),
+    )
+
+
+def store_probe(env: dict[str, str]) -> Callable[[], None] | None:
+    """A cheap check that the database answers, on a connection of its own (not the pool's,
+    whose waits and retries are what the guard exists to cut short)."""
+    if env["PERSISTENCE_MODULE"] != "eventsourcing.postgres":
+        return None
+    import psycopg
+
+    conninfo = postgres_conninfo(env, 1)
+
+    def probe() -> None:
+        with psycopg.connect(conninfo) as conn:
+            conn.execute("SELECT 1")
+
+    return probe
+
+
+def _reconnect_promptly() -> None:
+    """Makes the connection pool retry a lost server every quarter second instead of
+    backing off exponentially (to minutes): a ledger must be back as soon as its database is."""
+    from psycopg_pool.base import AttemptWithBackoff
+
+    AttemptWithBackoff.INITIAL_DELAY = 0.25
+    AttemptWithBackoff.DELAY_BACKOFF = 1.0
+
+
+def _guard_connections(app: MarketLedger) -> None:
+    """Routes every connection the recorder takes through the guard: while the store is
+    down the library's retry loop ends at once (``Unavailable`` is not an error it retries),
+    and a connection that fails trips the guard for every other caller."""
+    datastore = app.recorder.datastore  # type: ignore[attr-defined]
+    take_connection = datastore.get_connection
+    guard = app.guard
+
+    @contextmanager
+    def guarded_connection() -> Iterator[Any]:
+        guard.check()
+        try:
+            with take_connection() as conn:
+                yield conn
+        except (OperationalError, InterfaceError) as e:
+            guard.trip(str(e))
+            raise
+
+    datastore.get_connection = guarded_connection
+
+
 def build_application(settings: Settings, clock: Clock | None = None) -> MarketLedger:
     """Builds the ledger application on the configured event store."""
     env = store_env(settings)
     ensure_schema(env)
-    return MarketLedger(env=env, clock=clock)
+    probe = store_probe(env)
+    if probe is not None:
+        _reconnect_promptly()
+    try:
+        app = MarketLedger(env=env, clock=clock)
+        if probe is not None:
+            app.guard = StoreGuard(probe)
+            _guard_connections(app)
+        return app
+    except (OperationalError, InterfaceError) as e:
+        raise Unavailable(f"the event store is unavailable: {e}") from e

@@ -25,7 +25,7 @@ class Settings:
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
     pool_size: int = 8
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = 2.0
     settlement_window_days: int = 7
     checkpoint_every_events: int = 1000
     checkpoint_every_seconds: float = 60.0

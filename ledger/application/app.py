@@ -16,6 +16,7 @@ from eventsourcing.persistence import (
 )
 
 from ledger.application import commands as c
+from ledger.application.guard import StoreGuard
 from ledger.application.log import position_of
 from ledger.application.markers import PartyKey, RequestMarker, entity_id, party_key_id
 from ledger.application.markers import request_marker_id as marker_id_of
@@ -121,18 +122,30 @@ class MarketLedger(Application[UUID]):
 
     name = "MarketLedger"
 
-    def __init__(self, env: Mapping[str, str] | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        guard: StoreGuard | None = None,
+    ) -> None:
         super().__init__(env=env)
         self.clock: Clock = clock or SystemClock()
+        self.guard = guard or StoreGuard(self._probe_store)
+
+    def _probe_store(self) -> None:
+        self.recorder.max_notification_id()
 
     # --- machinery ------------------------------------------------------------------
 
     @contextmanager
     def database_errors(self) -> Iterator[None]:
-        """Turns a database that cannot be reached into the retryable ``Unavailable``."""
+        """Turns a database that cannot be reached into the retryable ``Unavailable``, and
+        fails at once while the guard knows the store is down."""
+        self.guard.check()
         try:
             yield
         except (OperationalError, InterfaceError) as e:
+            self.guard.trip(str(e))
             raise Unavailable(f"the event store is unavailable: {e}") from e
 
     def _execute(
