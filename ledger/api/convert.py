@@ -1,0 +1,347 @@
+"""Translation between ``ledger.v1`` messages and the application's commands and aggregates.
+
+Requests become commands field by field, driven by the message descriptors: enums by
+name without their proto prefix (``CATEGORY_MEDICAL`` → ``MEDICAL``), timestamps as
+aware UTC datetimes, unset optionals as None. The application parses and validates the
+values, so a malformed value is reported with its field name whichever way it came.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from uuid import UUID
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ledger.application import commands as c
+from ledger.application.app import Outcome
+from ledger.application.markers import entity_id
+from ledger.domain.base import LedgerAggregate
+from ledger.domain.errors import InvalidArgument
+from ledger.domain.grant import AccessGrant
+from ledger.domain.listing import Listing
+from ledger.domain.participant import Certification, Participant
+from ledger.domain.trade import Trade
+from ledger.domain.values import Money, NamedEnum, PartyIdentifier
+from ledger.v1 import access_pb2, common_pb2, listing_pb2, participant_pb2, trade_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+Cmd = TypeVar("Cmd", bound=c.Command)
+R = TypeVar("R", bound=Message)
+V = TypeVar("V", bound=int)
+
+_TIMESTAMP = Timestamp.DESCRIPTOR.full_name
+
+# Where a command field comes from when the request names it differently: the first
+# path whose top-level field the request has. Every other field has the same name.
+_SOURCES: Mapping[str, tuple[str, ...]] = {
+    "note": ("note", "reason_note", "resolution_note"),
+    "pi_level": ("personal_information_level",),
+    "price_currency": ("price.currency", "list_price.currency"),
+    "price_amount_minor": ("price.amount_minor", "list_price.amount_minor"),
+    "uscc": ("party_identifier.uscc",),
+    "country": ("party_identifier.foreign.country",),
+    "registry_number": ("party_identifier.foreign.registry_number",),
+    "cross_border_basis_kind": ("cross_border_basis.kind",),
+    "cross_border_basis_ref": ("cross_border_basis.reference",),
+}
+
+# Field names the application reports that are not request fields, with the request
+# fields they stand for; "party" is the application's name for the party identifier.
+_WIRE_NAMES: Mapping[str, tuple[str, ...]] = {
+    **{name: tuple(p.split(".")[0] for p in paths) for name, paths in _SOURCES.items()},
+    "party": ("party_identifier",),
+}
+
+
+# --- values ---------------------------------------------------------------------------
+
+
+class _EnumDescriptor(Protocol):
+    """What ``enum_name`` reads of an enum descriptor (pure-Python or upb)."""
+
+    @property
+    def values_by_number(self) -> Mapping[int, Any]: ...
+
+
+def enum_name(enum: _EnumDescriptor, number: int) -> str:
+    """Returns a proto enum value as the application's name: ``CATEGORY_MEDICAL`` →
+    ``MEDICAL``; UNSPECIFIED → ""; an unknown number → its digits, which the
+    application rejects naming the field."""
+    values = enum.values_by_number
+    value = values.get(number)
+    if value is None:
+        return str(number)
+    if number == 0:
+        return ""
+    prefix = values[0].name.removesuffix("UNSPECIFIED")
+    return value.name.removeprefix(prefix)
+
+
+def enum_value(enum: _EnumTypeWrapper[V], member: NamedEnum | None) -> V:
+    """Returns the proto value of a domain enum member (None → UNSPECIFIED)."""
+    if member is None:
+        return enum.Value(enum.DESCRIPTOR.values_by_number[0].name)
+    prefix = enum.DESCRIPTOR.values_by_number[0].name.removesuffix("UNSPECIFIED")
+    return enum.Value(prefix + member.name)
+
+
+def enum_values(enum: _EnumTypeWrapper[V], members: frozenset[Any]) -> list[V]:
+    """Returns the proto values of a set of domain enum members, in a stable order."""
+    return [enum_value(enum, m) for m in sorted(members, key=lambda m: m.name)]
+
+
+def to_datetime(timestamp: Timestamp, field: str) -> datetime:
+    """Returns a timestamp as an aware UTC datetime (microsecond precision)."""
+    try:
+        return timestamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument.of(field, "not a valid timestamp") from None
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    """Returns a datetime as a timestamp; None stays unset."""
+    if value is None:
+        return None
+    result = Timestamp()
+    result.FromDatetime(value)
+    return result
+
+
+# --- requests → commands --------------------------------------------------------------
+
+
+def to_command(request: Message, command: type[Cmd]) -> Cmd:
+    """Builds ``command`` from the request fields of the same (or a mapped) name."""
+    values = {
+        f.name: _read(request, _source(request, f.name))
+        for f in dataclasses.fields(command)
+        if f.init
+    }
+    return command(**values)
+
+
+def _source(request: Message, name: str) -> str:
+    fields = request.DESCRIPTOR.fields_by_name
+    for path in _SOURCES.get(name, (name,)):
+        if path.split(".")[0] in fields:
+            return path
+    msg = f"{type(request).__name__} has no field for {name}"
+    raise TypeError(msg)
+
+
+def _read(request: Message, path: str) -> Any:
+    *parents, name = path.split(".")
+    message = request
+    for parent in parents:
+        message = getattr(message, parent)
+    field = message.DESCRIPTOR.fields_by_name[name]
+    value = getattr(message, name)
+    enum = field.enum_type
+    if enum is not None:
+        if field.is_repeated:
+            return tuple(enum_name(enum, n) for n in value)
+        return enum_name(enum, value)
+    if field.message_type is not None and field.message_type.full_name == _TIMESTAMP:
+        return to_datetime(value, path) if message.HasField(name) else None
+    if field.is_repeated:
+        return tuple(value)
+    if field.has_presence and not message.HasField(name):
+        return None
+    return value
+
+
+def wire_field(request: Message | None, field: str) -> str:
+    """Returns a field path the application reported, as the request names it."""
+    if request is None or not field:
+        return field
+    head, sep, rest = _split_head(field)
+    fields = request.DESCRIPTOR.fields_by_name
+    if head in fields:
+        return field
+    for candidate in _WIRE_NAMES.get(head, ()):
+        if candidate in fields:
+            return candidate + sep + rest
+    return field
+
+
+def _split_head(field: str) -> tuple[str, str, str]:
+    cut = min((i for i in (field.find("."), field.find("[")) if i >= 0), default=len(field))
+    return field[:cut], field[cut : cut + 1], field[cut + 1 :]
+
+
+# --- aggregates → resources -----------------------------------------------------------
+
+
+def _times(aggregate: LedgerAggregate) -> dict[str, Any]:
+    return {
+        "etag": str(aggregate.version),
+        "create_time": timestamp(aggregate.created_on),
+        "update_time": timestamp(aggregate.modified_on),
+    }
+
+
+def _money(money: Money) -> common_pb2.Money:
+    return common_pb2.Money(currency=money.currency, amount_minor=money.amount_minor)
+
+
+def _party(party: PartyIdentifier) -> common_pb2.PartyIdentifier:
+    if party.uscc is not None:
+        return common_pb2.PartyIdentifier(uscc=party.uscc)
+    foreign = common_pb2.PartyIdentifier.Foreign(
+        country=party.country or "", registry_number=party.registry_number or ""
+    )
+    return common_pb2.PartyIdentifier(foreign=foreign)
+
+
+def certification_pb(cert: Certification, now: datetime) -> participant_pb2.Certification:
+    return participant_pb2.Certification(
+        id=cert.id,
+        level=enum_value(common_pb2.CertificationLevel, cert.level),
+        categories=enum_values(common_pb2.Category, cert.categories),
+        max_classification=enum_value(common_pb2.Classification, cert.max_classification),
+        valid_from=timestamp(cert.valid_from),
+        valid_until=timestamp(cert.valid_until),
+        reference=cert.reference,
+        state=enum_value(participant_pb2.CertificationState, cert.state_at(now)),
+        revocation_reason=enum_value(common_pb2.RevocationReason, cert.revocation_reason),
+        revocation_note=cert.note,
+    )
+
+
+def participant_pb(participant: Participant, now: datetime) -> participant_pb2.Participant:
+    return participant_pb2.Participant(
+        id=str(participant.id),
+        party_identifier=_party(participant.party),
+        name=participant.name,
+        roles=enum_values(common_pb2.ParticipantRole, participant.roles),
+        state=enum_value(participant_pb2.ParticipantState, participant.state),
+        certifications=[
+            certification_pb(cert, now) for cert in participant.certifications.values()
+        ],
+        **_times(participant),
+    )
+
+
+def listing_pb(listing: Listing) -> listing_pb2.Listing:
+    assessment = None
+    if listing.assessment is not None:
+        assessment = listing_pb2.Assessment(
+            assessor_id=listing.assessment.assessor_id,
+            passed=listing.assessment.passed,
+            reference=listing.assessment.reference,
+            notes=listing.assessment.notes,
+        )
+    return listing_pb2.Listing(
+        id=str(listing.id),
+        exchange_id=listing.exchange_id,
+        provider_id=listing.provider_id,
+        title=listing.title,
+        category=enum_value(common_pb2.Category, listing.category),
+        classification=enum_value(common_pb2.Classification, listing.classification),
+        personal_information_level=enum_value(
+            common_pb2.PersonalInformationLevel, listing.pi_level
+        ),
+        rights=enum_values(
+            common_pb2.Right, frozenset(listing.exclusive_rights_of(listing.provider_id))
+        ),
+        delivery_modes=enum_values(common_pb2.DeliveryMode, listing.delivery_modes),
+        scenarios=sorted(listing.scenarios),
+        list_price=_money(listing.list_price),
+        compliance_assessment_ref=listing.evidence.get("compliance_assessment_ref", ""),
+        pi_impact_assessment_ref=listing.evidence.get("pi_impact_assessment_ref", ""),
+        consent_basis_ref=listing.evidence.get("consent_basis_ref", ""),
+        security_assessment_ref=listing.evidence.get("security_assessment_ref", ""),
+        ownership_disputed=listing.disputed,
+        state=enum_value(listing_pb2.ListingState, listing.state),
+        latest_assessment=assessment,
+        **_times(listing),
+    )
+
+
+def trade_pb(trade: Trade) -> trade_pb2.Trade:
+    return trade_pb2.Trade(
+        id=str(trade.id),
+        listing_id=trade.listing_id,
+        exchange_id=trade.exchange_id,
+        seller_id=trade.seller_id,
+        buyer_id=trade.buyer_id,
+        rights=enum_values(common_pb2.Right, trade.rights),
+        conveyance=enum_value(common_pb2.Conveyance, trade.conveyance),
+        scenario=trade.scenario,
+        term_start=timestamp(trade.term_start),
+        term_end=timestamp(trade.term_end),
+        price=_money(trade.price),
+        settlement_ref=trade.settlement_ref,
+        state=enum_value(trade_pb2.TradeState, trade.state),
+        **_times(trade),
+    )
+
+
+def grant_pb(grant: AccessGrant, now: datetime) -> access_pb2.Grant:
+    basis = None
+    if grant.cross_border_basis is not None:
+        basis = common_pb2.CrossBorderBasis(
+            kind=enum_value(common_pb2.CrossBorderBasisKind, grant.cross_border_basis.kind),
+            reference=grant.cross_border_basis.reference,
+        )
+    return access_pb2.Grant(
+        id=str(grant.id),
+        trade_id=grant.trade_id,
+        listing_id=grant.listing_id,
+        exchange_id=grant.exchange_id,
+        grantee_id=grant.grantee_id,
+        delivery_mode=enum_value(common_pb2.DeliveryMode, grant.delivery_mode),
+        scenario=grant.scenario,
+        valid_from=timestamp(grant.valid_from),
+        valid_until=timestamp(grant.valid_until),
+        destination_country=grant.destination_country,
+        cross_border_basis=basis,
+        usage_limit=grant.usage_limit,
+        uses_recorded=grant.units_used,
+        state=enum_value(access_pb2.GrantState, grant.state_at(now)),
+        revocation_reason=enum_value(common_pb2.RevocationReason, grant.revocation_reason),
+        **_times(grant),
+    )
+
+
+def resource_pb(aggregate: LedgerAggregate, now: datetime) -> tuple[str, Message]:
+    """Returns the response field name and proto resource of an aggregate."""
+    if isinstance(aggregate, Participant):
+        return "participant", participant_pb(aggregate, now)
+    if isinstance(aggregate, Listing):
+        return "listing", listing_pb(aggregate)
+    if isinstance(aggregate, Trade):
+        return "trade", trade_pb(aggregate)
+    if isinstance(aggregate, AccessGrant):
+        return "grant", grant_pb(aggregate, now)
+    msg = f"no proto resource for {type(aggregate).__name__}"
+    raise TypeError(msg)
+
+
+def to_response(response: type[R], outcome: Outcome, request: Message, now: datetime) -> R:
+    """Builds a mutation's response: the resource as written and the log position.
+
+    Certification commands also return the certification they issued or changed.
+    """
+    name, resource = resource_pb(outcome.resource, now)
+    fields: dict[str, Any] = {name: resource, "position": outcome.position}
+    if "certification" in response.DESCRIPTOR.fields_by_name:
+        assert isinstance(outcome.resource, Participant)  # for mypy
+        certification = outcome.resource.certifications[_certification_id(request)]
+        fields["certification"] = certification_pb(certification, now)
+    return response(**fields)
+
+
+def _certification_id(request: Message) -> str:
+    named = getattr(request, "certification_id", "")
+    if named:
+        return str(UUID(named))
+    # IssueCertification derives the new certification's id from its request_id.
+    return str(entity_id("certification", str(UUID(getattr(request, "request_id", "")))))

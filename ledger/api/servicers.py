@@ -1,0 +1,384 @@
+"""The ``ledger.v1`` servicers: each method translates its request, makes one application
+call and translates the result back. Errors propagate to the error interceptor."""
+
+# gRPC names the servicer methods after the RPCs.
+# ruff: noqa: N802
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeAlias, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from ledger.api import convert
+from ledger.api.errors import Unimplemented, status_for
+from ledger.api.interceptors import actor_of, current_call
+from ledger.application import commands as c
+from ledger.application.app import MarketLedger
+from ledger.domain.base import LedgerAggregate
+from ledger.domain.errors import InvalidArgument
+from ledger.domain.grant import AccessGrant
+from ledger.domain.listing import Listing
+from ledger.domain.participant import Participant
+from ledger.domain.trade import Trade
+from ledger.v1 import (
+    access_pb2 as ac,
+)
+from ledger.v1 import (
+    access_pb2_grpc,
+    audit_pb2_grpc,
+    listing_pb2_grpc,
+    participant_pb2_grpc,
+    projection_pb2_grpc,
+    trade_pb2_grpc,
+)
+from ledger.v1 import (
+    audit_pb2 as au,
+)
+from ledger.v1 import (
+    listing_pb2 as li,
+)
+from ledger.v1 import (
+    participant_pb2 as pa,
+)
+from ledger.v1 import (
+    projection_pb2 as pr,
+)
+from ledger.v1 import (
+    trade_pb2 as tr,
+)
+
+Cmd = TypeVar("Cmd", bound=c.Command)
+R = TypeVar("R", bound=Message)
+A = TypeVar("A", bound=LedgerAggregate)
+
+Context: TypeAlias = grpc.ServicerContext
+
+MAX_INGEST_COMMANDS = 1000
+
+
+class _Servicer:
+    """The shapes every servicer method takes: a command, or a read of one resource."""
+
+    def __init__(self, app: MarketLedger) -> None:
+        self._app = app
+
+    def _command(
+        self, request: Message, context: Context, command: type[Cmd], response: type[R]
+    ) -> R:
+        outcome = self._app.execute(convert.to_command(request, command), actor_of(context))
+        return convert.to_response(response, outcome, request, self._app.clock.now())
+
+    def _get(self, cls: type[A], value: str, field: str, context: Context) -> A:
+        return self._app.get(cls, value, actor_of(context), field)
+
+
+def _unimplemented(context: Context) -> Unimplemented:
+    method = current_call(context).method.rsplit("/", 1)[-1]
+    return Unimplemented(f"{method} is not implemented yet")
+
+
+class ParticipantService(_Servicer, participant_pb2_grpc.ParticipantServiceServicer):
+    def RegisterParticipant(
+        self, request: pa.RegisterParticipantRequest, context: Context
+    ) -> pa.RegisterParticipantResponse:
+        return self._command(
+            request, context, c.RegisterParticipant, pa.RegisterParticipantResponse
+        )
+
+    def IssueCertification(
+        self, request: pa.IssueCertificationRequest, context: Context
+    ) -> pa.IssueCertificationResponse:
+        return self._command(request, context, c.IssueCertification, pa.IssueCertificationResponse)
+
+    def SuspendCertification(
+        self, request: pa.SuspendCertificationRequest, context: Context
+    ) -> pa.SuspendCertificationResponse:
+        return self._command(
+            request, context, c.SuspendCertification, pa.SuspendCertificationResponse
+        )
+
+    def ReinstateCertification(
+        self, request: pa.ReinstateCertificationRequest, context: Context
+    ) -> pa.ReinstateCertificationResponse:
+        return self._command(
+            request, context, c.ReinstateCertification, pa.ReinstateCertificationResponse
+        )
+
+    def RevokeCertification(
+        self, request: pa.RevokeCertificationRequest, context: Context
+    ) -> pa.RevokeCertificationResponse:
+        return self._command(
+            request, context, c.RevokeCertification, pa.RevokeCertificationResponse
+        )
+
+    def SuspendParticipant(
+        self, request: pa.SuspendParticipantRequest, context: Context
+    ) -> pa.SuspendParticipantResponse:
+        return self._command(request, context, c.SuspendParticipant, pa.SuspendParticipantResponse)
+
+    def ReinstateParticipant(
+        self, request: pa.ReinstateParticipantRequest, context: Context
+    ) -> pa.ReinstateParticipantResponse:
+        return self._command(
+            request, context, c.ReinstateParticipant, pa.ReinstateParticipantResponse
+        )
+
+    def DeregisterParticipant(
+        self, request: pa.DeregisterParticipantRequest, context: Context
+    ) -> pa.DeregisterParticipantResponse:
+        return self._command(
+            request, context, c.DeregisterParticipant, pa.DeregisterParticipantResponse
+        )
+
+    def GetParticipant(
+        self, request: pa.GetParticipantRequest, context: Context
+    ) -> pa.GetParticipantResponse:
+        participant = self._get(Participant, request.participant_id, "participant_id", context)
+        return pa.GetParticipantResponse(
+            participant=convert.participant_pb(participant, self._app.clock.now())
+        )
+
+    def ListParticipants(
+        self, request: pa.ListParticipantsRequest, context: Context
+    ) -> pa.ListParticipantsResponse:
+        raise _unimplemented(context)
+
+
+class ListingService(_Servicer, listing_pb2_grpc.ListingServiceServicer):
+    def SubmitListing(
+        self, request: li.SubmitListingRequest, context: Context
+    ) -> li.SubmitListingResponse:
+        return self._command(request, context, c.SubmitListing, li.SubmitListingResponse)
+
+    def RecordAssessment(
+        self, request: li.RecordAssessmentRequest, context: Context
+    ) -> li.RecordAssessmentResponse:
+        return self._command(request, context, c.RecordAssessment, li.RecordAssessmentResponse)
+
+    def ApproveListing(
+        self, request: li.ApproveListingRequest, context: Context
+    ) -> li.ApproveListingResponse:
+        return self._command(request, context, c.ApproveListing, li.ApproveListingResponse)
+
+    def RejectListing(
+        self, request: li.RejectListingRequest, context: Context
+    ) -> li.RejectListingResponse:
+        return self._command(request, context, c.RejectListing, li.RejectListingResponse)
+
+    def SuspendListing(
+        self, request: li.SuspendListingRequest, context: Context
+    ) -> li.SuspendListingResponse:
+        return self._command(request, context, c.SuspendListing, li.SuspendListingResponse)
+
+    def ReinstateListing(
+        self, request: li.ReinstateListingRequest, context: Context
+    ) -> li.ReinstateListingResponse:
+        return self._command(request, context, c.ReinstateListing, li.ReinstateListingResponse)
+
+    def DelistListing(
+        self, request: li.DelistListingRequest, context: Context
+    ) -> li.DelistListingResponse:
+        return self._command(request, context, c.DelistListing, li.DelistListingResponse)
+
+    def ReclassifyListing(
+        self, request: li.ReclassifyListingRequest, context: Context
+    ) -> li.ReclassifyListingResponse:
+        return self._command(request, context, c.ReclassifyListing, li.ReclassifyListingResponse)
+
+    def OpenOwnershipDispute(
+        self, request: li.OpenOwnershipDisputeRequest, context: Context
+    ) -> li.OpenOwnershipDisputeResponse:
+        return self._command(
+            request, context, c.OpenOwnershipDispute, li.OpenOwnershipDisputeResponse
+        )
+
+    def ResolveOwnershipDispute(
+        self, request: li.ResolveOwnershipDisputeRequest, context: Context
+    ) -> li.ResolveOwnershipDisputeResponse:
+        return self._command(
+            request, context, c.ResolveOwnershipDispute, li.ResolveOwnershipDisputeResponse
+        )
+
+    def GetListing(self, request: li.GetListingRequest, context: Context) -> li.GetListingResponse:
+        listing = self._get(Listing, request.listing_id, "listing_id", context)
+        return li.GetListingResponse(listing=convert.listing_pb(listing))
+
+    def ListListings(
+        self, request: li.ListListingsRequest, context: Context
+    ) -> li.ListListingsResponse:
+        raise _unimplemented(context)
+
+
+# The commands an ingest batch may carry: the Command oneof field, the command, and the
+# response the single call returns (the CommandResult field of the same name).
+_INGESTIBLE: dict[str, tuple[type[c.Command], type[Message]]] = {
+    "record_sale": (c.RecordSale, tr.RecordSaleResponse),
+    "grant_access": (c.GrantAccess, ac.GrantAccessResponse),
+    "record_access_use": (c.RecordAccessUse, ac.RecordAccessUseResponse),
+    "settle_trade": (c.SettleTrade, tr.SettleTradeResponse),
+}
+
+
+class TradeService(_Servicer, trade_pb2_grpc.TradeServiceServicer):
+    def RecordSale(self, request: tr.RecordSaleRequest, context: Context) -> tr.RecordSaleResponse:
+        return self._command(request, context, c.RecordSale, tr.RecordSaleResponse)
+
+    def SettleTrade(
+        self, request: tr.SettleTradeRequest, context: Context
+    ) -> tr.SettleTradeResponse:
+        return self._command(request, context, c.SettleTrade, tr.SettleTradeResponse)
+
+    def CancelTrade(
+        self, request: tr.CancelTradeRequest, context: Context
+    ) -> tr.CancelTradeResponse:
+        return self._command(request, context, c.CancelTrade, tr.CancelTradeResponse)
+
+    def GetTrade(self, request: tr.GetTradeRequest, context: Context) -> tr.GetTradeResponse:
+        trade = self._get(Trade, request.trade_id, "trade_id", context)
+        return tr.GetTradeResponse(trade=convert.trade_pb(trade))
+
+    def ListTrades(self, request: tr.ListTradesRequest, context: Context) -> tr.ListTradesResponse:
+        raise _unimplemented(context)
+
+    def IngestCommands(
+        self, request: tr.IngestCommandsRequest, context: Context
+    ) -> tr.IngestCommandsResponse:
+        if len(request.commands) > MAX_INGEST_COMMANDS:
+            raise InvalidArgument.of("commands", f"at most {MAX_INGEST_COMMANDS} per call")
+        run = self._ingest_one(context)
+        return tr.IngestCommandsResponse(results=[run(item) for item in request.commands])
+
+    def _ingest_one(self, context: Context) -> Callable[[tr.Command], tr.CommandResult]:
+        actor, call = actor_of(context), current_call(context)
+
+        def run(item: tr.Command) -> tr.CommandResult:
+            kind = item.WhichOneof("kind")
+            if kind is None:
+                error = InvalidArgument.of("kind", "set one command of the oneof")
+                return tr.CommandResult(error=status_for(error))
+            request: Message = getattr(item, kind)
+            command, response = _INGESTIBLE[kind]
+            try:
+                outcome = self._app.execute(convert.to_command(request, command), actor)
+            except Exception as exc:
+                # Each command fails on its own and the batch goes on.
+                call.record(exc)
+                return tr.CommandResult(error=status_for(exc, request))
+            result = tr.CommandResult()
+            getattr(result, kind).CopyFrom(
+                convert.to_response(response, outcome, request, self._app.clock.now())
+            )
+            return result
+
+        return run
+
+
+class AccessService(_Servicer, access_pb2_grpc.AccessServiceServicer):
+    def GrantAccess(
+        self, request: ac.GrantAccessRequest, context: Context
+    ) -> ac.GrantAccessResponse:
+        return self._command(request, context, c.GrantAccess, ac.GrantAccessResponse)
+
+    def SuspendAccess(
+        self, request: ac.SuspendAccessRequest, context: Context
+    ) -> ac.SuspendAccessResponse:
+        return self._command(request, context, c.SuspendAccess, ac.SuspendAccessResponse)
+
+    def ReinstateAccess(
+        self, request: ac.ReinstateAccessRequest, context: Context
+    ) -> ac.ReinstateAccessResponse:
+        return self._command(request, context, c.ReinstateAccess, ac.ReinstateAccessResponse)
+
+    def RevokeAccess(
+        self, request: ac.RevokeAccessRequest, context: Context
+    ) -> ac.RevokeAccessResponse:
+        return self._command(request, context, c.RevokeAccess, ac.RevokeAccessResponse)
+
+    def RecordAccessUse(
+        self, request: ac.RecordAccessUseRequest, context: Context
+    ) -> ac.RecordAccessUseResponse:
+        return self._command(request, context, c.RecordAccessUse, ac.RecordAccessUseResponse)
+
+    def CheckAccess(
+        self, request: ac.CheckAccessRequest, context: Context
+    ) -> ac.CheckAccessResponse:
+        raise _unimplemented(context)
+
+    def GetGrant(self, request: ac.GetGrantRequest, context: Context) -> ac.GetGrantResponse:
+        grant = self._get(AccessGrant, request.grant_id, "grant_id", context)
+        return ac.GetGrantResponse(grant=convert.grant_pb(grant, self._app.clock.now()))
+
+    def ListGrants(self, request: ac.ListGrantsRequest, context: Context) -> ac.ListGrantsResponse:
+        raise _unimplemented(context)
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """What ``GetLedgerInfo`` says about this server besides the store's state."""
+
+    backend: str
+    public_key: str
+    key_id: str
+    version: str
+
+
+class AuditService(_Servicer, audit_pb2_grpc.AuditServiceServicer):
+    def __init__(
+        self, app: MarketLedger, server: ServerIdentity, ledger_id: Callable[[], str]
+    ) -> None:
+        super().__init__(app)
+        self._server = server
+        self._ledger_id = ledger_id
+
+    def ReplayEvents(
+        self, request: au.ReplayEventsRequest, context: Context
+    ) -> Iterator[au.ReplayEventsResponse]:
+        raise _unimplemented(context)
+
+    def GetOwnership(
+        self, request: au.GetOwnershipRequest, context: Context
+    ) -> au.GetOwnershipResponse:
+        raise _unimplemented(context)
+
+    def GetComplianceReport(
+        self, request: au.GetComplianceReportRequest, context: Context
+    ) -> au.GetComplianceReportResponse:
+        raise _unimplemented(context)
+
+    def GetCheckpoint(
+        self, request: au.GetCheckpointRequest, context: Context
+    ) -> au.GetCheckpointResponse:
+        raise _unimplemented(context)
+
+    def GetLedgerInfo(
+        self, request: au.GetLedgerInfoRequest, context: Context
+    ) -> au.GetLedgerInfoResponse:
+        return au.GetLedgerInfoResponse(
+            ledger_id=self._ledger_id(),
+            backend=self._server.backend,
+            head_position=self._app.head_position(),
+            public_key=self._server.public_key,
+            key_id=self._server.key_id,
+            version=self._server.version,
+        )
+
+
+class ProjectionService(projection_pb2_grpc.ProjectionServiceServicer):
+    def ListProjections(
+        self, request: pr.ListProjectionsRequest, context: Context
+    ) -> pr.ListProjectionsResponse:
+        raise _unimplemented(context)
+
+    def RebuildProjection(
+        self, request: pr.RebuildProjectionRequest, context: Context
+    ) -> pr.RebuildProjectionResponse:
+        raise _unimplemented(context)
+
+    def WatchProjection(
+        self, request: pr.WatchProjectionRequest, context: Context
+    ) -> Iterator[pr.WatchProjectionResponse]:
+        raise _unimplemented(context)
