@@ -14,9 +14,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from eventsourcing.persistence import InterfaceError, OperationalError
 
 from ledger.application.app import MarketLedger
+from ledger.application.events import EventLog
 from ledger.application.guard import StoreGuard
 from ledger.clock import Clock
 from ledger.domain.errors import InvalidArgument, Unavailable
+from ledger.projections.db import Database, PostgresDatabase, SqliteDatabase
+from ledger.projections.engine import ProjectionManager
 from ledger.settings import Settings
 
 
@@ -166,3 +169,26 @@ def build_application(settings: Settings, clock: Clock | None = None) -> MarketL
         return app
     except (OperationalError, InterfaceError) as e:
         raise Unavailable(f"the event store is unavailable: {e}") from e
+
+
+def build_projections(settings: Settings, app: MarketLedger) -> ProjectionManager:
+    """Builds the projection engine on the event store's database, set up and woken by
+    every write of ``app``."""
+    from ledger.projections.registry import all_projections
+
+    env = store_env(settings)
+    module = env["PERSISTENCE_MODULE"]
+    db: Database
+    if module == "eventsourcing.postgres":
+        db = PostgresDatabase(
+            postgres_conninfo(env, max(1, int(settings.connect_timeout_s))),
+            env.get("POSTGRES_SCHEMA", "public"),
+        )
+    elif module == "eventsourcing.sqlite":
+        db = SqliteDatabase(env["SQLITE_DBNAME"])
+    else:
+        db = SqliteDatabase(":memory:")
+    manager = ProjectionManager(db, EventLog(app.recorder), all_projections(settings))
+    manager.setup()
+    app.write_listeners.append(lambda _position: manager.wake())
+    return manager

@@ -16,6 +16,7 @@ from eventsourcing.persistence import (
 )
 
 from ledger.application import commands as c
+from ledger.application import identity as _identity  # noqa: F401 (registers its event topics)
 from ledger.application.guard import StoreGuard
 from ledger.application.log import position_of
 from ledger.application.markers import PartyKey, RequestMarker, entity_id, party_key_id
@@ -131,6 +132,8 @@ class MarketLedger(Application[UUID]):
         super().__init__(env=env)
         self.clock: Clock = clock or SystemClock()
         self.guard = guard or StoreGuard(self._probe_store)
+        # Called after every acknowledged write, e.g. to wake the projection engine.
+        self.write_listeners: list[Callable[[int], None]] = []
 
     def _probe_store(self) -> None:
         self.recorder.max_notification_id()
@@ -177,6 +180,8 @@ class MarketLedger(Application[UUID]):
                         ) from None
                     continue
                 position = max(r.notification.id for r in recordings)
+                for listener in self.write_listeners:
+                    listener(position)
                 return Outcome(decision.subject, position)
         raise Conflict(
             f"{command.kind} lost {MAX_ATTEMPTS} races with concurrent writes; retry later"

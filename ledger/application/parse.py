@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 from uuid import UUID
 
@@ -63,6 +63,9 @@ def parse_text(value: str, field: str, *, required: bool = False, limit: int = M
 
 
 def require_aware(value: datetime | None, field: str) -> datetime | None:
-    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+    """Returns the timestamp in UTC (events store UTC only), or rejects a naive one."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidArgument.of(field, "a timestamp needs a time zone")
-    return value
+    return value.astimezone(UTC)

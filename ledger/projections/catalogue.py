@@ -1,0 +1,161 @@
+"""The catalogue: participants, listings, trades and grants, filterable and paged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from ledger.application.events import CanonicalEvent
+from ledger.projections.db import Tx
+from ledger.projections.engine import Tables
+
+# Which table and state each lifecycle event sets (the created events insert rows).
+STATE_CHANGES: dict[str, tuple[str, str]] = {
+    "ParticipantSuspended": ("participants", "SUSPENDED"),
+    "ParticipantReinstated": ("participants", "ACTIVE"),
+    "ParticipantDeregistered": ("participants", "DEREGISTERED"),
+    "ListingApproved": ("listings", "LISTED"),
+    "ListingRejected": ("listings", "REJECTED"),
+    "ListingSuspended": ("listings", "SUSPENDED"),
+    "ListingReinstated": ("listings", "LISTED"),
+    "ListingDelisted": ("listings", "DELISTED"),
+    "TradeSettled": ("trades", "SETTLED"),
+    "TradeCancelled": ("trades", "CANCELLED"),
+    "AccessSuspended": ("grants", "SUSPENDED"),
+    "AccessReinstated": ("grants", "ACTIVE"),
+    "AccessRevoked": ("grants", "REVOKED"),
+}
+
+# Filterable columns of each table; every table also has id, state and position.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "participants": ("name", "roles"),
+    "listings": ("exchange_id", "provider_id", "category", "classification", "title"),
+    "trades": ("listing_id", "exchange_id", "seller_id", "buyer_id", "conveyance"),
+    "grants": ("trade_id", "listing_id", "exchange_id", "grantee_id", "delivery_mode"),
+}
+
+
+def _participant(e: CanonicalEvent) -> tuple[Any, ...]:
+    p = e["payload"]
+    return (p["name"], ",".join(p["roles"]), "ACTIVE")
+
+
+def _listing(e: CanonicalEvent) -> tuple[Any, ...]:
+    p = e["payload"]
+    return (
+        p["exchange_id"],
+        p["provider_id"],
+        p["category"],
+        p["classification"],
+        p["title"],
+        "SUBMITTED",
+    )
+
+
+def _trade(e: CanonicalEvent) -> tuple[Any, ...]:
+    p = e["payload"]
+    return (
+        p["listing_id"],
+        p["exchange_id"],
+        p["seller_id"],
+        p["buyer_id"],
+        p["conveyance"],
+        "EXECUTED",
+    )
+
+
+def _grant(e: CanonicalEvent) -> tuple[Any, ...]:
+    p = e["payload"]
+    return (
+        p["trade_id"],
+        p["listing_id"],
+        p["exchange_id"],
+        p["grantee_id"],
+        p["delivery_mode"],
+        "ACTIVE",
+    )
+
+
+CREATIONS: dict[str, tuple[str, Callable[[CanonicalEvent], tuple[Any, ...]]]] = {
+    "ParticipantRegistered": ("participants", _participant),
+    "ListingSubmitted": ("listings", _listing),
+    "SaleRecorded": ("trades", _trade),
+    "AccessGranted": ("grants", _grant),
+}
+
+
+class Catalogue:
+    name: ClassVar[str] = "catalogue"
+    version: ClassVar[int] = 1
+
+    def tables(self) -> Sequence[str]:
+        return tuple(COLUMNS)
+
+    def create(self, tx: Tx, t: Tables) -> None:
+        for table, columns in COLUMNS.items():
+            cols = ", ".join(f"{c} TEXT NOT NULL" for c in columns)
+            tx.execute(
+                f"CREATE TABLE IF NOT EXISTS {t(table)} (id TEXT PRIMARY KEY, {cols}, "
+                "state TEXT NOT NULL, position BIGINT NOT NULL)"
+            )
+            tx.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {t(table)}_pos ON {t(table)} (position)")
+            for column in columns:
+                if column.endswith("_id") or column in ("category", "classification"):
+                    tx.execute(
+                        f"CREATE INDEX IF NOT EXISTS {t(table)}_{column} "
+                        f"ON {t(table)} ({column}, position)"
+                    )
+
+    def apply(self, tx: Tx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
+        for event in events:
+            kind = event["type"]
+            created = CREATIONS.get(kind)
+            if created is not None:
+                table, values = created
+                row = (event["aggregate_id"], *values(event), event["position"])
+                marks = ",".join("?" * len(row))
+                tx.execute(f"INSERT INTO {t(table)} VALUES ({marks})", row)
+            elif kind in STATE_CHANGES:
+                table, state = STATE_CHANGES[kind]
+                tx.execute(
+                    f"UPDATE {t(table)} SET state = ? WHERE id = ?", (state, event["aggregate_id"])
+                )
+            elif kind == "ListingReclassified":
+                tx.execute(
+                    f"UPDATE {t('listings')} SET classification = ? WHERE id = ?",
+                    (event["payload"]["classification"], event["aggregate_id"]),
+                )
+
+
+def list_ids(
+    tx: Tx,
+    t: Tables,
+    table: str,
+    filters: dict[str, str],
+    after_position: int,
+    limit: int,
+) -> tuple[list[str], int | None]:
+    """Returns a page of ids in creation order and the position to continue after.
+
+    ``filters`` maps a column (or ``state``) to the value it must equal; ``roles`` matches
+    one role of a participant. Paging by creation position is stable under new writes.
+    """
+    allowed = {*COLUMNS[table], "state"}
+    clauses, params = ["position > ?"], [after_position]
+    for column, value in sorted(filters.items()):
+        if column not in allowed:
+            raise ValueError(f"{table} cannot be filtered by {column}")
+        if column == "roles":
+            clauses.append("(',' || roles || ',') LIKE ?")
+            params.append(f"%,{value},%")
+        else:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    rows = tx.fetchall(
+        f"SELECT id, position FROM {t(table)} WHERE {' AND '.join(clauses)} "
+        "ORDER BY position LIMIT ?",
+        (*params, limit + 1),
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [r[0] for r in rows], (int(rows[-1][1]) if more else None)

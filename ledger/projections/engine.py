@@ -1,0 +1,468 @@
+"""The projection engine: one batched, exactly-once runner for every read model.
+
+Each projection version lives in tables of its own *generation* (``p_<name>_g<n>_<table>``).
+A batch of events and the generation's tracking position are written in one transaction,
+and the position only moves by compare-and-set, so no event is ever applied twice, even
+when two workers race. A rebuild builds a new generation beside the live one; reads move
+to it atomically once it has caught up with the head of the log.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from ledger.application.events import CanonicalEvent, EventLog
+from ledger.projections.db import Database, Tx
+
+LIVE = "LIVE"
+CATCHING_UP = "CATCHING_UP"
+REBUILDING = "REBUILDING"
+FAILED = "FAILED"
+RETIRED = "RETIRED"
+
+REGISTRY_DDL = """
+CREATE TABLE IF NOT EXISTS projection_generations (
+    name TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    live INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    position BIGINT NOT NULL,
+    target BIGINT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    error TEXT NOT NULL,
+    error_position BIGINT NOT NULL,
+    PRIMARY KEY (name, generation)
+)
+"""
+
+
+class Tables:
+    """Names the tables of one projection generation."""
+
+    def __init__(self, name: str, generation: int) -> None:
+        self.prefix = f"p_{name}_g{generation}_"
+
+    def __call__(self, table: str) -> str:
+        return self.prefix + table
+
+
+class Projection(Protocol):
+    """A read model: a fold of canonical events into tables of its own."""
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+
+    def create(self, tx: Tx, t: Tables) -> None:
+        """Creates the generation's tables and indexes."""
+
+    def apply(self, tx: Tx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
+        """Folds a batch of events, in log order, into the tables."""
+
+    def tables(self) -> Sequence[str]:
+        """The table names (without prefix), for digests and for dropping retired ones."""
+
+
+class _LostRace(Exception):
+    """Another worker advanced the generation first; this batch was rolled back."""
+
+
+class ProjectionFailed(Exception):
+    def __init__(self, position: int, error: BaseException) -> None:
+        self.position = position
+        self.error = error
+        super().__init__(f"at position {position}: {type(error).__name__}: {error}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    name: str
+    generation: int
+    version: int
+    live: bool
+    state: str
+    position: int
+    target: int
+    started_at: float
+    updated_at: float
+    error: str
+    error_position: int
+
+    @property
+    def tables(self) -> Tables:
+        return Tables(self.name, self.generation)
+
+
+@dataclass(frozen=True)
+class Status:
+    """What an operator sees of one projection."""
+
+    name: str
+    version: int
+    generation: int
+    state: str
+    position: int
+    head: int
+    lag_events: int
+    lag_seconds: float
+    error: str
+    error_position: int
+    progress: float
+    events_per_second: float
+    eta_seconds: float
+
+
+class ProjectionManager:
+    """Owns the registry of generations and runs batches for every projection."""
+
+    def __init__(
+        self,
+        db: Database,
+        log: EventLog,
+        projections: Sequence[Projection],
+        batch_size: int = 2000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.log = log
+        self.projections = {p.name: p for p in projections}
+        self.batch_size = batch_size
+        self.clock = clock
+        self._progress = threading.Condition()
+        self._wake = threading.Event()
+        self._rates: dict[tuple[str, int], tuple[float, int, float]] = {}
+        self._live_cache: dict[str, tuple[float, Generation]] = {}
+
+    # --- registry -------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Creates the registry and, for a projection version not built yet, a generation."""
+        with self.db.transaction() as tx:
+            tx.execute(REGISTRY_DDL)
+        for projection in self.projections.values():
+            gens = self.generations(projection.name)
+            if not gens:
+                self._new_generation(projection, live=True)
+            elif not any(g.version == projection.version and g.state != RETIRED for g in gens):
+                self._new_generation(projection, live=False)
+
+    def _new_generation(self, projection: Projection, *, live: bool) -> Generation:
+        now = self.clock()
+        target = self.log.head()
+        with self.db.transaction() as tx:
+            row = tx.fetchone(
+                "SELECT COALESCE(MAX(generation), 0) FROM projection_generations WHERE name = ?",
+                (projection.name,),
+            )
+            generation = int(row[0] if row else 0) + 1
+            projection.create(tx, Tables(projection.name, generation))
+            tx.execute(
+                "INSERT INTO projection_generations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    projection.name,
+                    generation,
+                    projection.version,
+                    int(live),
+                    CATCHING_UP if live else REBUILDING,
+                    0,
+                    target,
+                    now,
+                    now,
+                    "",
+                    0,
+                ),
+            )
+        self._live_cache.pop(projection.name, None)
+        self._wake.set()
+        return self.generation(projection.name, generation)
+
+    def rebuild(self, name: str) -> Generation:
+        """Starts building a fresh generation of ``name`` beside the live one."""
+        projection = self.projection(name)
+        for g in self.generations(name):
+            if g.state == REBUILDING:
+                return g
+        return self._new_generation(projection, live=False)
+
+    def projection(self, name: str) -> Projection:
+        try:
+            return self.projections[name]
+        except KeyError:
+            known = ", ".join(sorted(self.projections))
+            raise KeyError(f"unknown projection {name!r}; known: {known}") from None
+
+    def generations(self, name: str | None = None) -> list[Generation]:
+        with self.db.transaction() as tx:
+            if name is None:
+                rows = tx.fetchall("SELECT * FROM projection_generations ORDER BY name, generation")
+            else:
+                rows = tx.fetchall(
+                    "SELECT * FROM projection_generations WHERE name = ? ORDER BY generation",
+                    (name,),
+                )
+        return [_generation(r) for r in rows]
+
+    def generation(self, name: str, generation: int) -> Generation:
+        with self.db.transaction() as tx:
+            row = tx.fetchone(
+                "SELECT * FROM projection_generations WHERE name = ? AND generation = ?",
+                (name, generation),
+            )
+        if row is None:
+            raise KeyError(f"{name} generation {generation}")
+        return _generation(row)
+
+    def live(self, name: str, max_age_s: float = 0.5) -> Generation:
+        """The generation that serves reads (cached briefly: a switch is seen within
+        ``max_age_s`` by other processes, at once in this one)."""
+        cached = self._live_cache.get(name)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < max_age_s:
+            return cached[1]
+        for g in self.generations(name):
+            if g.live:
+                self._live_cache[name] = (now, g)
+                return g
+        raise KeyError(f"projection {name} has no live generation; is the engine set up?")
+
+    # --- running --------------------------------------------------------------------
+
+    def step(self, gen: Generation) -> int:
+        """Applies one batch to a generation; returns how many positions it advanced.
+
+        If the batch fails, its events are applied one by one, so the generation stops
+        exactly before the failing event, which is reported and retried after a fix.
+        """
+        events, last = self.log.read(gen.position, self.batch_size)
+        if last == gen.position:
+            return 0
+        try:
+            advanced = self._commit(gen, events, last)
+        except _LostRace:
+            return 0
+        except ProjectionFailed:
+            advanced = self._commit_singly(gen, events, last)
+        if advanced:
+            self._track_rate(gen, gen.position + advanced)
+            with self._progress:
+                self._progress.notify_all()
+        return advanced
+
+    def _commit_singly(self, gen: Generation, events: Sequence[CanonicalEvent], last: int) -> int:
+        position = gen.position
+        for i, event in enumerate(events):
+            upto = last if i == len(events) - 1 else int(event["position"])
+            current = self.generation(gen.name, gen.generation)
+            try:
+                self._commit(current, [event], upto)
+            except _LostRace:
+                break
+            except ProjectionFailed as failed:
+                self._fail(current, failed)
+                raise
+            position = upto
+        return position - gen.position
+
+    def _commit(self, gen: Generation, events: Sequence[CanonicalEvent], last: int) -> int:
+        """Applies events and advances the position in one transaction; 0 if another
+        worker advanced the generation first (nothing is then written)."""
+        projection = self.projection(gen.name)
+        switch = False
+        with self.db.transaction() as tx:
+            try:
+                projection.apply(tx, gen.tables, events)
+            except Exception as error:
+                position = int(events[0]["position"]) if events else last
+                raise ProjectionFailed(position, error) from error
+            switch = not gen.live and last >= max(gen.target, self.log.head())
+            moved = tx.execute(
+                "UPDATE projection_generations SET position = ?, updated_at = ?, state = ? "
+                "WHERE name = ? AND generation = ? AND position = ?",
+                (
+                    last,
+                    self.clock(),
+                    LIVE if (gen.live or switch) else REBUILDING,
+                    gen.name,
+                    gen.generation,
+                    gen.position,
+                ),
+            )
+            if moved != 1:
+                raise _LostRace
+            if switch:
+                tx.execute(
+                    "UPDATE projection_generations SET live = 0, state = ? "
+                    "WHERE name = ? AND live = 1",
+                    (RETIRED, gen.name),
+                )
+                tx.execute(
+                    "UPDATE projection_generations SET live = 1 WHERE name = ? AND generation = ?",
+                    (gen.name, gen.generation),
+                )
+        if switch:
+            self._live_cache.pop(gen.name, None)
+        return last - gen.position
+
+    def _fail(self, gen: Generation, failed: ProjectionFailed) -> None:
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE projection_generations SET state = ?, error = ?, error_position = ?, "
+                "updated_at = ? WHERE name = ? AND generation = ?",
+                (
+                    FAILED,
+                    str(failed)[:2000],
+                    failed.position,
+                    self.clock(),
+                    gen.name,
+                    gen.generation,
+                ),
+            )
+
+    def run_once(self) -> int:
+        """One batch for every generation that is not failed or retired."""
+        advanced = 0
+        for gen in self.generations():
+            if gen.state in (FAILED, RETIRED) or gen.name not in self.projections:
+                continue
+            try:
+                advanced += self.step(gen)
+            except ProjectionFailed:
+                continue
+        return advanced
+
+    def catch_up(self, timeout_s: float = 60.0) -> None:
+        """Runs batches until every active generation reaches the head (tests, CLI)."""
+        deadline = time.monotonic() + timeout_s
+        while self.run_once():
+            if time.monotonic() > deadline:
+                raise TimeoutError("projections did not catch up in time")
+        self.drop_retired()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run_forever(self, stop: threading.Event, idle_s: float = 0.05) -> None:
+        """Follows the log until ``stop`` is set, waking at once when told of a write."""
+        while not stop.is_set():
+            try:
+                advanced = self.run_once()
+            except Exception:
+                advanced = 0
+                stop.wait(0.5)
+            if not advanced:
+                self.drop_retired()
+                self._wake.wait(idle_s)
+                self._wake.clear()
+
+    def wait_for(self, name: str, position: int, timeout_s: float) -> bool:
+        """Waits until the live generation of ``name`` has applied ``position``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._live_cache.pop(name, None)
+            if self.live(name).position >= position:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wake.set()
+            with self._progress:
+                self._progress.wait(min(remaining, 0.01))
+
+    def drop_retired(self) -> None:
+        for gen in self.generations():
+            if gen.state != RETIRED:
+                continue
+            projection = self.projections.get(gen.name)
+            with self.db.transaction() as tx:
+                if projection is not None:
+                    for table in projection.tables():
+                        tx.execute(f"DROP TABLE IF EXISTS {gen.tables(table)}")
+                tx.execute(
+                    "DELETE FROM projection_generations WHERE name = ? AND generation = ?",
+                    (gen.name, gen.generation),
+                )
+
+    # --- status ---------------------------------------------------------------------
+
+    def _track_rate(self, gen: Generation, position: int) -> None:
+        key = (gen.name, gen.generation)
+        now = time.monotonic()
+        previous = self._rates.get(key)
+        if previous is None:
+            self._rates[key] = (now, position, 0.0)
+            return
+        then, before, rate = previous
+        elapsed = now - then
+        if elapsed >= 0.5:
+            current = (position - before) / elapsed
+            self._rates[key] = (now, position, current if rate == 0 else 0.5 * rate + 0.5 * current)
+
+    def status(self) -> list[Status]:
+        head = self.log.head()
+        statuses = []
+        for gen in self.generations():
+            if gen.state == RETIRED:
+                continue
+            lag = max(0, head - gen.position)
+            rate = self._rates.get((gen.name, gen.generation), (0.0, 0, 0.0))[2]
+            progress = 1.0 if head == 0 else min(1.0, gen.position / head)
+            state = gen.state
+            if state == LIVE and lag > self.batch_size:
+                state = CATCHING_UP
+            statuses.append(
+                Status(
+                    name=gen.name,
+                    version=gen.version,
+                    generation=gen.generation,
+                    state=state,
+                    position=gen.position,
+                    head=head,
+                    lag_events=lag,
+                    lag_seconds=0.0 if lag == 0 else max(0.0, self.clock() - gen.updated_at),
+                    error=gen.error,
+                    error_position=gen.error_position,
+                    progress=progress,
+                    events_per_second=rate,
+                    eta_seconds=(lag / rate) if rate > 0 else 0.0,
+                )
+            )
+        return statuses
+
+    def digest(self, name: str, generation: Generation | None = None) -> str:
+        """A SHA-256 over every row of a generation's tables, in a stable order: equal
+        digests mean equal read models (incremental vs rebuilt)."""
+        import hashlib
+
+        import orjson
+
+        gen = generation or self.live(name)
+        projection = self.projection(name)
+        digest = hashlib.sha256()
+        with self.db.transaction() as tx:
+            for table in projection.tables():
+                rows = tx.fetchall(f"SELECT * FROM {gen.tables(table)}")
+                for row in sorted(orjson.dumps(list(r), default=str) for r in rows):
+                    digest.update(row)
+                digest.update(b"|")
+        return digest.hexdigest()
+
+
+def _generation(row: Sequence[Any]) -> Generation:
+    return Generation(
+        name=row[0],
+        generation=int(row[1]),
+        version=int(row[2]),
+        live=bool(row[3]),
+        state=row[4],
+        position=int(row[5]),
+        target=int(row[6]),
+        started_at=float(row[7]),
+        updated_at=float(row[8]),
+        error=row[9],
+        error_position=int(row[10]),
+    )

@@ -1,0 +1,14 @@
+"""Every projection the engine runs, in one list."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ledger.projections.catalogue import Catalogue
+from ledger.projections.engine import Projection
+from ledger.settings import Settings
+
+
+def all_projections(settings: Settings) -> Sequence[Projection]:
+    del settings  # projections that depend on settings (compliance windows) read them here
+    return (Catalogue(),)
