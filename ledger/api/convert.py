@@ -120,7 +120,8 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 def to_command(request: Message, command: type[Cmd]) -> Cmd:
     """Builds ``command`` from the request fields of the same (or a mapped) name."""
     values = {
-        f.name: _read(request, _source(request, f.name))
+        # A command field defaulting to None takes None from an unset proto3 optional.
+        f.name: _read(request, _source(request, f.name), nullable=f.default is None)
         for f in dataclasses.fields(command)
         if f.init
     }
@@ -136,7 +137,7 @@ def _source(request: Message, name: str) -> str:
     raise TypeError(msg)
 
 
-def _read(request: Message, path: str) -> Any:
+def _read(request: Message, path: str, *, nullable: bool) -> Any:
     *parents, name = path.split(".")
     message = request
     for parent in parents:
@@ -152,7 +153,7 @@ def _read(request: Message, path: str) -> Any:
         return to_datetime(value, path) if message.HasField(name) else None
     if field.is_repeated:
         return tuple(value)
-    if field.has_presence and not message.HasField(name):
+    if nullable and field.has_presence and not message.HasField(name):
         return None
     return value
 

@@ -141,7 +141,8 @@ def list_ids(
     one role of a participant. Paging by creation position is stable under new writes.
     """
     allowed = {*COLUMNS[table], "state"}
-    clauses, params = ["position > ?"], [after_position]
+    clauses: list[str] = ["position > ?"]
+    params: list[object] = [after_position]
     for column, value in sorted(filters.items()):
         if column not in allowed:
             raise ValueError(f"{table} cannot be filtered by {column}")
