@@ -184,6 +184,9 @@ class LedgerServer:
             self._ledger_id()
         except Unavailable as exc:
             log.warning("ledger id not read yet; the event store is unavailable", reason=str(exc))
+        # Probe continuously, so that an outage fails calls at once instead of each
+        # call waiting out the driver's timeouts.
+        self.app.guard.monitor()
         self._monitor.start()
         self._server.start()
 
@@ -193,6 +196,7 @@ class LedgerServer:
         self._monitor.stop()
         self._server.stop(grace_s).wait()
         self._executor.shutdown(wait=False)
+        self.app.guard.stop()
 
 
 def _bind(server: grpc.Server, address: str) -> tuple[str, int]:
