@@ -357,12 +357,15 @@ def test_a_stale_etag_is_aborted(stubs: Stubs, credentials: Credentials, parties
 
 
 def test_later_methods_are_unimplemented(stubs: Stubs, credentials: Credentials) -> None:
-    error = failure(
-        lambda: stubs.listings.ListListings(
-            listing_pb2.ListListingsRequest(), metadata=credentials.of(Role.AUDITOR)
-        )
+    auditor = credentials.of(Role.AUDITOR)
+    unary = failure(
+        lambda: stubs.listings.ListListings(listing_pb2.ListListingsRequest(), metadata=auditor)
     )
-    assert error.code() is grpc.StatusCode.UNIMPLEMENTED
+    streamed = failure(
+        lambda: list(stubs.audit.ReplayEvents(audit_pb2.ReplayEventsRequest(), metadata=auditor))
+    )
+    assert unary.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert streamed.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_an_oversized_message_is_refused(stubs: Stubs, credentials: Credentials) -> None:
@@ -459,6 +462,11 @@ def test_health_needs_no_token(channel: grpc.Channel) -> None:
     for service in ("", "ledger.v1.TradeService"):
         response = stub.Check(health_pb2.HealthCheckRequest(service=service))
         assert response.status == health_pb2.HealthCheckResponse.SERVING
+    watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    try:
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        watch.cancel()
 
 
 def test_reflection_lists_the_services_without_a_token(channel: grpc.Channel) -> None:
