@@ -26,6 +26,7 @@ from ledger.api.principals import (
 from ledger.api.server import AddressInUse, LedgerServer
 from ledger.api.servicers import ServerIdentity
 from ledger.bootstrap import backend_name, build_application
+from ledger.domain.errors import LedgerError
 from ledger.logging import configure_logging
 from ledger.metrics import Metrics
 from ledger.settings import Settings
@@ -157,7 +158,10 @@ def _run_server(
     key_id: str,
     dev_tokens: Path | None,
 ) -> int:
-    app = build_application(settings)
+    try:
+        app = build_application(settings)
+    except LedgerError as exc:
+        raise UsageError(f"cannot open the event store: {exc}") from None
     metrics = Metrics()
     identity = ServerIdentity(
         backend=backend_name(settings),

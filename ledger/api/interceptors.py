@@ -201,8 +201,8 @@ class LoggingInterceptor(_ObservingInterceptor):
     """Writes one structured line per RPC, and binds its method and request_id to every
     line logged while it runs. Never logs tokens or payloads."""
 
-    def __init__(self, logger: Any = None) -> None:
-        self._log = logger or structlog.get_logger("ledger.rpc")
+    def __init__(self) -> None:
+        self._log = structlog.get_logger("ledger.rpc")
 
     @contextmanager
     def guard(self, call: Call, context: grpc.ServicerContext) -> Iterator[None]:

@@ -114,11 +114,13 @@ class HealthMonitor:
             self.check()
 
     def _publish(self, *, serving: bool, reason: str = "") -> None:
-        if serving != self._serving:
-            if serving:
-                log.info("event store reachable; serving")
-            else:
-                log.warning("event store unreachable; not serving", reason=reason)
+        # Only changes are published: every set() is sent to each Watch stream.
+        if serving == self._serving:
+            return
+        if serving:
+            log.info("event store reachable; serving")
+        else:
+            log.warning("event store unreachable; not serving", reason=reason)
         self._serving = serving
         status = SERVING if serving else NOT_SERVING
         for service in ("", *LEDGER_SERVICES):
