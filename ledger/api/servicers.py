@@ -24,9 +24,7 @@ from ledger.domain.grant import AccessGrant
 from ledger.domain.listing import Listing
 from ledger.domain.participant import Participant
 from ledger.domain.trade import Trade
-from ledger.v1 import (
-    access_pb2 as ac,
-)
+from ledger.v1 import access_pb2 as ac
 from ledger.v1 import (
     access_pb2_grpc,
     audit_pb2_grpc,
@@ -35,21 +33,11 @@ from ledger.v1 import (
     projection_pb2_grpc,
     trade_pb2_grpc,
 )
-from ledger.v1 import (
-    audit_pb2 as au,
-)
-from ledger.v1 import (
-    listing_pb2 as li,
-)
-from ledger.v1 import (
-    participant_pb2 as pa,
-)
-from ledger.v1 import (
-    projection_pb2 as pr,
-)
-from ledger.v1 import (
-    trade_pb2 as tr,
-)
+from ledger.v1 import audit_pb2 as au
+from ledger.v1 import listing_pb2 as li
+from ledger.v1 import participant_pb2 as pa
+from ledger.v1 import projection_pb2 as pr
+from ledger.v1 import trade_pb2 as tr
 
 Cmd = TypeVar("Cmd", bound=c.Command)
 R = TypeVar("R", bound=Message)
