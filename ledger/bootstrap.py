@@ -154,9 +154,18 @@ def _guard_connections(app: MarketLedger) -> None:
     datastore.get_connection = guarded_connection
 
 
+# Aggregates stay cached between commands; each read still fetches the events written
+# since (by any process), and hands out a copy, so a rejected command corrupts nothing.
+CACHE_ENV = {
+    "AGGREGATE_CACHE_MAXSIZE": "20000",
+    "AGGREGATE_CACHE_FASTFORWARD": "y",
+    "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
+}
+
+
 def build_application(settings: Settings, clock: Clock | None = None) -> MarketLedger:
     """Builds the ledger application on the configured event store."""
-    env = store_env(settings)
+    env = {**store_env(settings), **CACHE_ENV}
     ensure_schema(env)
     probe = store_probe(env)
     if probe is not None:

@@ -204,6 +204,10 @@ class Listing(LedgerAggregate):
         term_end: datetime | None
 
         def apply(self, aggregate: Listing) -> None:
+            # Only a licence that includes OPERATE lets its holder sell on (R10), so only
+            # those are part of the listing's state; every licence is in the ownership view.
+            if Right.OPERATE.name not in self.rights:
+                return
             aggregate.licences[self.trade_id] = Licence(
                 self.trade_id,
                 self.licensee_id,
@@ -440,7 +444,8 @@ class Listing(LedgerAggregate):
         return {right for right, holder in self.holdings.items() if holder == participant_id}
 
     def rights_held_by(self, participant_id: str, at: datetime) -> set[Right]:
-        """Rights held exclusively, plus rights licensed for a term that covers ``at``."""
+        """Rights held exclusively, plus rights licensed with OPERATE (the right to sell
+        them on) for a term that covers ``at``."""
         held = self.exclusive_rights_of(participant_id)
         for licence in self.licences.values():
             if licence.licensee_id == participant_id and covers(

@@ -193,7 +193,7 @@ def check_r10_rights_held(
     listing: Listing, seller_id: str, rights: Set[Right], conveyance: Conveyance, at: datetime
 ) -> None:
     """R10: rights conveyed ⊆ rights the seller holds at that moment; ``HOLD`` has one
-    holder (it is transferred, never licensed)."""
+    holder (it is transferred, never licensed); licensing to others needs ``OPERATE``."""
     if conveyance is Conveyance.LICENCE and Right.HOLD in rights:
         raise RuleViolation(
             "R10",
@@ -201,11 +201,17 @@ def check_r10_rights_held(
             "HOLD has exactly one holder; it can only be transferred",
             "rights",
         )
-    held = (
-        listing.exclusive_rights_of(seller_id)
-        if conveyance is Conveyance.TRANSFER
-        else listing.rights_held_by(seller_id, at)
-    )
+    if conveyance is Conveyance.TRANSFER:
+        held = listing.exclusive_rights_of(seller_id)
+    else:
+        held = listing.rights_held_by(seller_id, at)
+        if Right.OPERATE not in held:
+            raise RuleViolation(
+                "R10",
+                "OPERATE_NOT_HELD",
+                "licensing data to others needs the OPERATE right",
+                "rights",
+            )
     missing = set(rights) - held
     if missing:
         raise RuleViolation(
