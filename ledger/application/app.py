@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,7 +71,7 @@ Cmd = TypeVar("Cmd", bound=c.Command)
 
 # Unguarded commands that lose a race are retried against the new state this many
 # times; the rules are checked again each time, so a loser ends with the rule's error.
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ class MarketLedger(Application[UUID]):
                         raise Conflict(
                             "the resource changed since the given etag; read it again"
                         ) from None
+                    # Back off a little, with jitter, so racing writers fall out of step.
+                    time.sleep(random.uniform(0, 0.002 * (2**_attempt)))  # noqa: S311
                     continue
                 position = max(r.notification.id for r in recordings)
                 for listener in self.write_listeners:
