@@ -181,7 +181,7 @@ class MarketLedger(Application[UUID]):
                             "the resource changed since the given etag; read it again"
                         ) from None
                     # Back off a little, with jitter, so racing writers fall out of step.
-                    time.sleep(random.uniform(0, 0.002 * (2**_attempt)))  # noqa: S311
+                    time.sleep(random.uniform(0, 0.002 * (2**_attempt)))
                     continue
                 position = max(r.notification.id for r in recordings)
                 for listener in self.write_listeners:
