@@ -25,7 +25,7 @@ from ledger.api.principals import (
 )
 from ledger.api.server import AddressInUse, LedgerServer
 from ledger.api.servicers import ServerIdentity
-from ledger.bootstrap import backend_name, build_application
+from ledger.bootstrap import backend_name, build_application, build_projections
 from ledger.domain.errors import LedgerError
 from ledger.logging import configure_logging
 from ledger.metrics import Metrics
@@ -170,7 +170,19 @@ def _run_server(
         version=_version(),
     )
     try:
-        server = LedgerServer(app, principals, metrics, identity, settings.grpc_address)
+        projections = build_projections(settings, app)
+    except LedgerError as exc:
+        raise UsageError(f"cannot set up the projections: {exc}") from None
+    try:
+        server = LedgerServer(
+            app,
+            principals,
+            metrics,
+            identity,
+            settings.grpc_address,
+            projections,
+            run_projections=settings.run_projections,
+        )
     except (AddressInUse, ValueError) as exc:
         raise UsageError(str(exc)) from None
     metrics_server = None

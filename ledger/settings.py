@@ -29,6 +29,8 @@ class Settings:
     settlement_window_days: int = 7
     checkpoint_every_events: int = 1000
     checkpoint_every_seconds: float = 60.0
+    # False when `ledger projections run` workers follow the log in processes of their own.
+    run_projections: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

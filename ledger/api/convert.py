@@ -27,7 +27,15 @@ from ledger.domain.listing import Listing
 from ledger.domain.participant import Certification, Participant
 from ledger.domain.trade import Trade
 from ledger.domain.values import Money, NamedEnum, PartyIdentifier
-from ledger.v1 import access_pb2, common_pb2, listing_pb2, participant_pb2, trade_pb2
+from ledger.projections.engine import Status
+from ledger.v1 import (
+    access_pb2,
+    common_pb2,
+    listing_pb2,
+    participant_pb2,
+    projection_pb2,
+    trade_pb2,
+)
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
@@ -346,3 +354,28 @@ def _certification_id(request: Message) -> str:
         return str(UUID(named))
     # IssueCertification derives the new certification's id from its request_id.
     return str(entity_id("certification", str(UUID(getattr(request, "request_id", "")))))
+
+
+def projection_status_pb(status: Status) -> projection_pb2.ProjectionStatus:
+    state = {
+        "LIVE": projection_pb2.PROJECTION_STATE_LIVE,
+        "CATCHING_UP": projection_pb2.PROJECTION_STATE_CATCHING_UP,
+        "REBUILDING": projection_pb2.PROJECTION_STATE_REBUILDING,
+        "FAILED": projection_pb2.PROJECTION_STATE_FAILED,
+    }.get(status.state, projection_pb2.PROJECTION_STATE_UNSPECIFIED)
+    error = status.error
+    if error and status.error_position:
+        error = f"{error} (event at position {status.error_position})"
+    return projection_pb2.ProjectionStatus(
+        name=status.name,
+        version=status.version,
+        state=state,
+        position=status.position,
+        head_position=status.head,
+        lag_events=status.lag_events,
+        lag_seconds=status.lag_seconds,
+        error=error,
+        progress=status.progress,
+        events_per_second=status.events_per_second,
+        eta_seconds=status.eta_seconds,
+    )

@@ -25,8 +25,10 @@ from ledger.api.servicers import (
 )
 from ledger.application.app import MarketLedger
 from ledger.application.identity import ensure_ledger_id
+from ledger.application.queries import Queries
 from ledger.domain.errors import Unavailable
 from ledger.metrics import Metrics
+from ledger.projections.engine import ProjectionManager
 from ledger.v1 import (
     access_pb2,
     access_pb2_grpc,
@@ -137,9 +139,21 @@ class LedgerServer:
         metrics: Metrics,
         identity: ServerIdentity,
         address: str,
+        projections: ProjectionManager,
         max_workers: int = DEFAULT_WORKERS,
+        run_projections: bool = True,
     ) -> None:
         self.app = app
+        self.projections = projections
+        self._run_projections = run_projections
+        self._projections_stop = threading.Event()
+        self._projections_thread = threading.Thread(
+            target=projections.run_forever,
+            args=(self._projections_stop,),
+            name="ledger-projections",
+            daemon=True,
+        )
+        queries = Queries(app, projections)
         self._executor = futures.ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="ledger-rpc"
         )
@@ -157,16 +171,20 @@ class LedgerServer:
         # Cached once read: the id never changes for a store.
         ledger_id = functools.cache(functools.partial(ensure_ledger_id, app))
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
-            ParticipantService(app), self._server
+            ParticipantService(app, queries), self._server
         )
-        listing_pb2_grpc.add_ListingServiceServicer_to_server(ListingService(app), self._server)
-        trade_pb2_grpc.add_TradeServiceServicer_to_server(TradeService(app), self._server)
-        access_pb2_grpc.add_AccessServiceServicer_to_server(AccessService(app), self._server)
+        listing_pb2_grpc.add_ListingServiceServicer_to_server(
+            ListingService(app, queries), self._server
+        )
+        trade_pb2_grpc.add_TradeServiceServicer_to_server(TradeService(app, queries), self._server)
+        access_pb2_grpc.add_AccessServiceServicer_to_server(
+            AccessService(app, queries), self._server
+        )
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditService(app, identity, ledger_id), self._server
+            AuditService(app, queries, identity, ledger_id), self._server
         )
         projection_pb2_grpc.add_ProjectionServiceServicer_to_server(
-            ProjectionService(), self._server
+            ProjectionService(queries), self._server
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -190,6 +208,8 @@ class LedgerServer:
         # call waiting out the driver's timeouts.
         self.app.guard.monitor()
         self._monitor.start()
+        if self._run_projections:
+            self._projections_thread.start()
         self._server.start()
 
     def stop(self, grace_s: float) -> None:
@@ -197,6 +217,11 @@ class LedgerServer:
         self.health.enter_graceful_shutdown()
         self._monitor.stop()
         self._server.stop(grace_s).wait()
+        # Projections stop at a batch boundary: a batch commits whole or not at all.
+        self._projections_stop.set()
+        self.projections.wake()
+        if self._projections_thread.is_alive():
+            self._projections_thread.join(timeout=grace_s + 5)
         self._executor.shutdown(wait=False)
         self.app.guard.stop()
 

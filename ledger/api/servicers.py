@@ -6,6 +6,7 @@ call and translates the result back. Errors propagate to the error interceptor."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeAlias, TypeVar
@@ -18,6 +19,7 @@ from ledger.api.errors import Unimplemented, status_for
 from ledger.api.interceptors import actor_of, current_call
 from ledger.application import commands as c
 from ledger.application.app import MarketLedger
+from ledger.application.queries import Page, Queries
 from ledger.domain.base import LedgerAggregate
 from ledger.domain.errors import InvalidArgument
 from ledger.domain.grant import AccessGrant
@@ -51,8 +53,9 @@ MAX_INGEST_COMMANDS = 1000
 class _Servicer:
     """The shapes every servicer method takes: a command, or a read of one resource."""
 
-    def __init__(self, app: MarketLedger) -> None:
+    def __init__(self, app: MarketLedger, queries: Queries) -> None:
         self._app = app
+        self._queries = queries
 
     def _command(
         self, request: Message, context: Context, command: type[Cmd], response: type[R]
@@ -62,6 +65,20 @@ class _Servicer:
 
     def _get(self, cls: type[A], value: str, field: str, context: Context) -> A:
         return self._app.get(cls, value, actor_of(context), field)
+
+    def _page(
+        self, cls: type[A], request: Message, filters: dict[str, str], context: Context
+    ) -> Page[A]:
+        page_size: int = getattr(request, "page_size")  # noqa: B009 (every List request has it)
+        page_token: str = getattr(request, "page_token")  # noqa: B009
+        return self._queries.page(cls, filters, page_size, page_token, actor_of(context))
+
+
+def _enum(request: Message, field: str) -> str:
+    """The application's name of an enum filter; "" when unset."""
+    descriptor = request.DESCRIPTOR.fields_by_name[field].enum_type
+    assert descriptor is not None  # for mypy: only enum fields are passed
+    return convert.enum_name(descriptor, getattr(request, field))
 
 
 def _unimplemented(context: Context) -> Unimplemented:
@@ -133,7 +150,13 @@ class ParticipantService(_Servicer, participant_pb2_grpc.ParticipantServiceServi
     def ListParticipants(
         self, request: pa.ListParticipantsRequest, context: Context
     ) -> pa.ListParticipantsResponse:
-        raise _unimplemented(context)
+        filters = {"roles": _enum(request, "role"), "state": _enum(request, "state")}
+        page = self._page(Participant, request, filters, context)
+        now = self._app.clock.now()
+        return pa.ListParticipantsResponse(
+            participants=[convert.participant_pb(p, now) for p in page.items],
+            next_page_token=page.next_page_token,
+        )
 
 
 class ListingService(_Servicer, listing_pb2_grpc.ListingServiceServicer):
@@ -198,7 +221,19 @@ class ListingService(_Servicer, listing_pb2_grpc.ListingServiceServicer):
     def ListListings(
         self, request: li.ListListingsRequest, context: Context
     ) -> li.ListListingsResponse:
-        raise _unimplemented(context)
+        filters = {
+            "exchange_id": request.exchange_id,
+            "provider_id": request.provider_id,
+            "category": _enum(request, "category"),
+            "classification": _enum(request, "classification"),
+            "state": _enum(request, "state"),
+            "scenarios": request.scenario,
+        }
+        page = self._page(Listing, request, filters, context)
+        return li.ListListingsResponse(
+            listings=[convert.listing_pb(x) for x in page.items],
+            next_page_token=page.next_page_token,
+        )
 
 
 # The commands an ingest batch may carry: the Command oneof field, the command, and the
@@ -230,7 +265,18 @@ class TradeService(_Servicer, trade_pb2_grpc.TradeServiceServicer):
         return tr.GetTradeResponse(trade=convert.trade_pb(trade))
 
     def ListTrades(self, request: tr.ListTradesRequest, context: Context) -> tr.ListTradesResponse:
-        raise _unimplemented(context)
+        filters = {
+            "exchange_id": request.exchange_id,
+            "listing_id": request.listing_id,
+            "seller_id": request.seller_id,
+            "buyer_id": request.buyer_id,
+            "state": _enum(request, "state"),
+        }
+        page = self._page(Trade, request, filters, context)
+        return tr.ListTradesResponse(
+            trades=[convert.trade_pb(x) for x in page.items],
+            next_page_token=page.next_page_token,
+        )
 
     def IngestCommands(
         self, request: tr.IngestCommandsRequest, context: Context
@@ -301,7 +347,19 @@ class AccessService(_Servicer, access_pb2_grpc.AccessServiceServicer):
         return ac.GetGrantResponse(grant=convert.grant_pb(grant, self._app.clock.now()))
 
     def ListGrants(self, request: ac.ListGrantsRequest, context: Context) -> ac.ListGrantsResponse:
-        raise _unimplemented(context)
+        filters = {
+            "exchange_id": request.exchange_id,
+            "listing_id": request.listing_id,
+            "trade_id": request.trade_id,
+            "grantee_id": request.grantee_id,
+            "state": _enum(request, "state"),
+        }
+        page = self._page(AccessGrant, request, filters, context)
+        now = self._app.clock.now()
+        return ac.ListGrantsResponse(
+            grants=[convert.grant_pb(x, now) for x in page.items],
+            next_page_token=page.next_page_token,
+        )
 
 
 @dataclass(frozen=True)
@@ -316,9 +374,13 @@ class ServerIdentity:
 
 class AuditService(_Servicer, audit_pb2_grpc.AuditServiceServicer):
     def __init__(
-        self, app: MarketLedger, server: ServerIdentity, ledger_id: Callable[[], str]
+        self,
+        app: MarketLedger,
+        queries: Queries,
+        server: ServerIdentity,
+        ledger_id: Callable[[], str],
     ) -> None:
-        super().__init__(app)
+        super().__init__(app, queries)
         self._server = server
         self._ledger_id = ledger_id
 
@@ -356,17 +418,28 @@ class AuditService(_Servicer, audit_pb2_grpc.AuditServiceServicer):
 
 
 class ProjectionService(projection_pb2_grpc.ProjectionServiceServicer):
+    def __init__(self, queries: Queries, watch_interval_s: float = 1.0) -> None:
+        self._queries = queries
+        self._watch_interval_s = watch_interval_s
+
     def ListProjections(
         self, request: pr.ListProjectionsRequest, context: Context
     ) -> pr.ListProjectionsResponse:
-        raise _unimplemented(context)
+        return pr.ListProjectionsResponse(
+            projections=[convert.projection_status_pb(s) for s in self._queries.statuses()]
+        )
 
     def RebuildProjection(
         self, request: pr.RebuildProjectionRequest, context: Context
     ) -> pr.RebuildProjectionResponse:
-        raise _unimplemented(context)
+        status = self._queries.rebuild(request.name)
+        return pr.RebuildProjectionResponse(status=convert.projection_status_pb(status))
 
     def WatchProjection(
         self, request: pr.WatchProjectionRequest, context: Context
     ) -> Iterator[pr.WatchProjectionResponse]:
-        raise _unimplemented(context)
+        """Streams the projection's status once a second until the client goes away."""
+        while context.is_active():
+            status = self._queries.status(request.name)
+            yield pr.WatchProjectionResponse(status=convert.projection_status_pb(status))
+            time.sleep(self._watch_interval_s)

@@ -29,7 +29,14 @@ STATE_CHANGES: dict[str, tuple[str, str]] = {
 # Filterable columns of each table; every table also has id, state and position.
 COLUMNS: dict[str, tuple[str, ...]] = {
     "participants": ("name", "roles"),
-    "listings": ("exchange_id", "provider_id", "category", "classification", "title"),
+    "listings": (
+        "exchange_id",
+        "provider_id",
+        "category",
+        "classification",
+        "title",
+        "scenarios",
+    ),
     "trades": ("listing_id", "exchange_id", "seller_id", "buyer_id", "conveyance"),
     "grants": ("trade_id", "listing_id", "exchange_id", "grantee_id", "delivery_mode"),
 }
@@ -134,11 +141,13 @@ def list_ids(
     filters: dict[str, str],
     after_position: int,
     limit: int,
+    venues: frozenset[str] | None = None,
 ) -> tuple[list[str], int | None]:
     """Returns a page of ids in creation order and the position to continue after.
 
-    ``filters`` maps a column (or ``state``) to the value it must equal; ``roles`` matches
-    one role of a participant. Paging by creation position is stable under new writes.
+    ``filters`` maps a column (or ``state``) to the value it must equal; ``roles`` and
+    ``scenarios`` match one member. ``venues`` limits rows to those exchanges. Paging by
+    creation position is stable under new writes.
     """
     allowed = {*COLUMNS[table], "state"}
     clauses: list[str] = ["position > ?"]
@@ -149,9 +158,18 @@ def list_ids(
         if column == "roles":
             clauses.append("(',' || roles || ',') LIKE ?")
             params.append(f"%,{value},%")
+        elif column == "scenarios":
+            escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append("(? || scenarios || ?) LIKE ? ESCAPE '\\'")
+            params.extend(("\n", "\n", f"%\n{escaped}\n%"))
         else:
             clauses.append(f"{column} = ?")
             params.append(value)
+    if venues is not None:
+        if "exchange_id" not in COLUMNS[table]:
+            raise ValueError(f"{table} has no venue")
+        clauses.append(f"exchange_id IN ({','.join('?' * len(venues)) or 'NULL'})")
+        params.extend(sorted(venues))
     rows = tx.fetchall(
         f"SELECT id, position FROM {t(table)} WHERE {' AND '.join(clauses)} "
         "ORDER BY position LIMIT ?",

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ledger.projections.catalogue import Catalogue
+from ledger.projections.compliance import Compliance
 from ledger.projections.engine import Projection
 from ledger.settings import Settings
 
 
 def all_projections(settings: Settings) -> Sequence[Projection]:
-    del settings  # projections that depend on settings (compliance windows) read them here
-    return (Catalogue(),)
+    return (
+        Catalogue(),
+        Compliance(settlement_window_days=settings.settlement_window_days),
+    )

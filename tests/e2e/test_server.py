@@ -359,7 +359,7 @@ def test_a_stale_etag_is_aborted(stubs: Stubs, credentials: Credentials, parties
 def test_later_methods_are_unimplemented(stubs: Stubs, credentials: Credentials) -> None:
     auditor = credentials.of(Role.AUDITOR)
     unary = failure(
-        lambda: stubs.listings.ListListings(listing_pb2.ListListingsRequest(), metadata=auditor)
+        lambda: stubs.audit.GetCheckpoint(audit_pb2.GetCheckpointRequest(), metadata=auditor)
     )
     streamed = failure(
         lambda: list(stubs.audit.ReplayEvents(audit_pb2.ReplayEventsRequest(), metadata=auditor))

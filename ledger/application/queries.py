@@ -1,0 +1,129 @@
+"""Reads served from the projections: lists, and the operators' view of the engine."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ledger.application.app import Actor, MarketLedger
+from ledger.domain.base import LedgerAggregate
+from ledger.domain.errors import InvalidArgument, NotFound, Unavailable
+from ledger.domain.grant import AccessGrant
+from ledger.domain.listing import Listing
+from ledger.domain.participant import Participant
+from ledger.domain.trade import Trade
+from ledger.projections.catalogue import list_ids
+from ledger.projections.engine import ProjectionManager, Status
+
+A = TypeVar("A", bound=LedgerAggregate)
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+TABLES: dict[type[LedgerAggregate], str] = {
+    Participant: "participants",
+    Listing: "listings",
+    Trade: "trades",
+    AccessGrant: "grants",
+}
+
+
+@dataclass(frozen=True)
+class Page(Generic[A]):
+    items: list[A]
+    next_page_token: str
+
+
+def _page_token(table: str, position: int | None) -> str:
+    if position is None:
+        return ""
+    return base64.urlsafe_b64encode(f"{table}:{position}".encode()).decode()
+
+
+def _after(table: str, token: str) -> int:
+    if not token:
+        return 0
+    try:
+        kind, _, position = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind != table or not position.isdigit():
+            raise ValueError(token)
+        return int(position)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidArgument.of(
+            "page_token", "not a page token of this list; pass next_page_token unchanged"
+        ) from None
+
+
+class Queries:
+    """Answers reads from the read models, scoped to the caller's venues."""
+
+    def __init__(self, app: MarketLedger, projections: ProjectionManager) -> None:
+        self.app = app
+        self.projections = projections
+
+    def page(
+        self,
+        cls: type[A],
+        filters: dict[str, str],
+        page_size: int,
+        page_token: str,
+        actor: Actor,
+    ) -> Page[A]:
+        """A page of resources of ``cls`` matching ``filters`` (column → value)."""
+        if page_size < 0:
+            raise InvalidArgument.of("page_size", "must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        table = TABLES[cls]
+        after = _after(table, page_token)
+        venues = actor.venues if cls is not Participant else None
+        live = self._live("catalogue")
+        with self.projections.db.transaction() as tx:
+            ids, next_position = list_ids(
+                tx,
+                live.tables,
+                table,
+                {k: v for k, v in filters.items() if v},
+                after,
+                size,
+                venues,
+            )
+        items = []
+        for resource_id in ids:
+            try:
+                items.append(self.app.get(cls, resource_id, actor))
+            except NotFound:
+                continue
+        return Page(items, _page_token(table, next_position))
+
+    def _live(self, name: str) -> Any:
+        try:
+            return self.projections.live(name)
+        except KeyError as e:
+            raise Unavailable(f"the {name} projection is not ready: {e}") from None
+
+    def statuses(self) -> list[Status]:
+        return self.projections.status()
+
+    def status(self, name: str) -> Status:
+        """The generation being rebuilt, if any, else the live one."""
+        self._known(name)
+        statuses = [s for s in self.projections.status() if s.name == name]
+        chosen = [s for s in statuses if s.state == "REBUILDING"] or statuses
+        if not chosen:
+            raise NotFound("projection", name, "name")
+        return chosen[-1]
+
+    def rebuild(self, name: str) -> Status:
+        """Starts a rebuild beside the live generation; reads keep being served."""
+        self._known(name)
+        generation = self.projections.rebuild(name)
+        for status in self.projections.status():
+            if status.name == name and status.generation == generation.generation:
+                return status
+        raise NotFound("projection", name, "name")
+
+    def _known(self, name: str) -> None:
+        if name not in self.projections.projections:
+            raise NotFound("projection", name, "name")
