@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ledger.projections.catalogue import Catalogue
+from ledger.projections.chain import AuditChain
 from ledger.projections.compliance import Compliance
 from ledger.projections.engine import Projection
 from ledger.settings import Settings
@@ -13,5 +14,6 @@ from ledger.settings import Settings
 def all_projections(settings: Settings) -> Sequence[Projection]:
     return (
         Catalogue(),
+        AuditChain(),
         Compliance(settlement_window_days=settings.settlement_window_days),
     )
