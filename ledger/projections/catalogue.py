@@ -55,6 +55,7 @@ def _listing(e: CanonicalEvent) -> tuple[Any, ...]:
         p["category"],
         p["classification"],
         p["title"],
+        "\n".join(p["scenarios"]),
         "SUBMITTED",
     )
 
