@@ -27,9 +27,11 @@ from ledger.domain.listing import Listing
 from ledger.domain.participant import Certification, Participant
 from ledger.domain.trade import Trade
 from ledger.domain.values import Money, NamedEnum, PartyIdentifier
+from ledger.projections.compliance import Report, parse_time_text
 from ledger.projections.engine import Status
 from ledger.v1 import (
     access_pb2,
+    audit_pb2,
     common_pb2,
     listing_pb2,
     participant_pb2,
@@ -379,3 +381,51 @@ def projection_status_pb(status: Status) -> projection_pb2.ProjectionStatus:
         events_per_second=status.events_per_second,
         eta_seconds=status.eta_seconds,
     )
+
+
+def as_of(request: Message) -> tuple[datetime | None, int | None]:
+    """The ``as_of`` oneof of a read: (time, None), (None, position) or (None, None)."""
+    which = request.WhichOneof("as_of")
+    if which == "as_of_time":
+        return to_datetime(request.as_of_time, "as_of_time"), None  # type: ignore[attr-defined]
+    if which == "as_of_position":
+        position = int(request.as_of_position)  # type: ignore[attr-defined]
+        if position < 0:
+            raise InvalidArgument.of("as_of_position", "must not be negative")
+        return None, position
+    return None, None
+
+
+def compliance_report_pb(report: Report, now: datetime) -> audit_pb2.GetComplianceReportResponse:
+    findings = []
+    for f in report.findings:
+        finding = audit_pb2.Finding(
+            rule=f.rule,
+            subject_type=f.subject_type,
+            subject_id=f.subject_id,
+            evidence_positions=list(f.evidence_positions),
+            first_seen_position=f.first_seen_position or 0,
+            first_seen_time=_timestamp_text(f.first_seen_time),
+            rule_set_version=f.rule_set_version,
+        )
+        if f.cleared_time is not None:
+            finding.cleared_time.CopyFrom(_timestamp_text(f.cleared_time))
+            if f.cleared_position is not None:
+                finding.cleared_position = f.cleared_position
+        findings.append(finding)
+    return audit_pb2.GetComplianceReportResponse(
+        findings=findings,
+        rejections=[
+            audit_pb2.RuleRejections(rule=rule, count=count)
+            for rule, count in sorted(report.rejections.items())
+        ],
+        generated_at=timestamp(now),
+        as_of_position=report.as_of_position or 0,
+        rule_set_version=report.rule_set_version,
+    )
+
+
+def _timestamp_text(text: str) -> Timestamp:
+    result = Timestamp()
+    result.FromDatetime(parse_time_text(text))
+    return result

@@ -397,7 +397,11 @@ class AuditService(_Servicer, audit_pb2_grpc.AuditServiceServicer):
     def GetComplianceReport(
         self, request: au.GetComplianceReportRequest, context: Context
     ) -> au.GetComplianceReportResponse:
-        raise _unimplemented(context)
+        as_of_time, as_of_position = convert.as_of(request)
+        report = self._queries.compliance_report(
+            request.exchange_id, as_of_time, as_of_position, actor_of(context)
+        )
+        return convert.compliance_report_pb(report, self._app.clock.now())
 
     def GetCheckpoint(
         self, request: au.GetCheckpointRequest, context: Context

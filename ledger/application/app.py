@@ -42,6 +42,7 @@ from ledger.domain.errors import (
     LedgerError,
     NotFound,
     PermissionDenied,
+    RuleViolation,
     Unavailable,
 )
 from ledger.domain.grant import AccessGrant
@@ -136,6 +137,8 @@ class MarketLedger(Application[UUID]):
         self.guard = guard or StoreGuard(self._probe_store)
         # Called after every acknowledged write, e.g. to wake the projection engine.
         self.write_listeners: list[Callable[[int], None]] = []
+        # Called with (rule id, exchange id or None) for every rejection by an enforced rule.
+        self.rejection_listeners: list[Callable[[str, str | None], None]] = []
 
     def _probe_store(self) -> None:
         self.recorder.max_notification_id()
@@ -166,9 +169,13 @@ class MarketLedger(Application[UUID]):
                 act = self._act(command, actor, request_id)
                 try:
                     decision = handler(command, act)
-                except LedgerError:
+                except LedgerError as refused:
                     # Say nothing about another venue's resources, not even why not.
-                    self._check_venue(actor, self._venue_of(command))
+                    venue = self._venue_of(command)
+                    self._check_venue(actor, venue)
+                    if isinstance(refused, RuleViolation):
+                        for rejected in self.rejection_listeners:
+                            rejected(refused.rule, venue)
                     raise
                 self._check_venue(actor, _venue(decision.subject))
                 marker = RequestMarker.accept(command.kind, fingerprint, decision.subject, act)

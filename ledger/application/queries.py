@@ -5,22 +5,28 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
+
+import structlog
 
 from ledger.application.app import Actor, MarketLedger
 from ledger.domain.base import LedgerAggregate
-from ledger.domain.errors import InvalidArgument, NotFound, Unavailable
+from ledger.domain.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from ledger.domain.grant import AccessGrant
 from ledger.domain.listing import Listing
 from ledger.domain.participant import Participant
 from ledger.domain.trade import Trade
 from ledger.projections.catalogue import list_ids
+from ledger.projections.compliance import Compliance, Report, record_rejection, time_text
 from ledger.projections.engine import ProjectionManager, Status
 
 A = TypeVar("A", bound=LedgerAggregate)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+
+log = structlog.get_logger(__name__)
 
 TABLES: dict[type[LedgerAggregate], str] = {
     Participant: "participants",
@@ -62,6 +68,7 @@ class Queries:
     def __init__(self, app: MarketLedger, projections: ProjectionManager) -> None:
         self.app = app
         self.projections = projections
+        app.rejection_listeners.append(self.record_rejection)
 
     def page(
         self,
@@ -102,6 +109,38 @@ class Queries:
             return self.projections.live(name)
         except KeyError as e:
             raise Unavailable(f"the {name} projection is not ready: {e}") from None
+
+    def compliance_report(
+        self,
+        exchange_id: str,
+        as_of_time: datetime | None,
+        as_of_position: int | None,
+        actor: Actor,
+    ) -> Report:
+        """The findings and rejections for one exchange (or the market), as of a time or
+        position; a venue-scoped caller must name one of its exchanges."""
+        if actor.venues is not None:
+            if not exchange_id:
+                raise PermissionDenied(
+                    "a caller scoped to exchanges must name one of them in exchange_id"
+                )
+            actor.check_venue(exchange_id)
+        compliance = self.projections.projection("compliance")
+        assert isinstance(compliance, Compliance)  # for mypy
+        live = self._live("compliance")
+        at = time_text(as_of_time or self.app.clock.now())
+        position = live.position if as_of_position is None else min(as_of_position, live.position)
+        with self.projections.db.transaction() as tx:
+            return compliance.report(tx, live.tables, exchange_id or None, at, position)
+
+    def record_rejection(self, rule: str, exchange_id: str | None) -> None:
+        """Counts a rejection by an enforced rule (they write no event, so no projection
+        sees them); a failure to count never changes the caller's answer."""
+        try:
+            with self.projections.db.transaction() as tx:
+                record_rejection(tx, time_text(self.app.clock.now())[:10], rule, exchange_id)
+        except Exception:
+            log.warning("rejection not counted", rule=rule, exc_info=True)
 
     def statuses(self) -> list[Status]:
         return self.projections.status()
