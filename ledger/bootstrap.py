@@ -20,6 +20,7 @@ from ledger.clock import Clock
 from ledger.domain.errors import InvalidArgument, Unavailable
 from ledger.projections.db import Database, PostgresDatabase, SqliteDatabase
 from ledger.projections.engine import ProjectionManager
+from ledger.projections.leases import AlwaysHeld, Leases, PostgresLeases
 from ledger.settings import Settings
 
 
@@ -188,16 +189,19 @@ def build_projections(settings: Settings, app: MarketLedger) -> ProjectionManage
     env = store_env(settings)
     module = env["PERSISTENCE_MODULE"]
     db: Database
+    leases: Leases = AlwaysHeld()
     if module == "eventsourcing.postgres":
-        db = PostgresDatabase(
-            postgres_conninfo(env, max(1, int(settings.connect_timeout_s))),
-            env.get("POSTGRES_SCHEMA", "public"),
-        )
+        conninfo = postgres_conninfo(env, max(1, int(settings.connect_timeout_s)))
+        schema = env.get("POSTGRES_SCHEMA", "public")
+        db = PostgresDatabase(conninfo, schema)
+        leases = PostgresLeases(conninfo, schema)
     elif module == "eventsourcing.sqlite":
         db = SqliteDatabase(env["SQLITE_DBNAME"])
     else:
         db = SqliteDatabase(":memory:")
-    manager = ProjectionManager(db, EventLog(app.recorder), all_projections(settings))
+    manager = ProjectionManager(
+        db, EventLog(app.recorder), all_projections(settings), leases=leases
+    )
     manager.setup()
     app.write_listeners.append(lambda _position: manager.wake())
     return manager

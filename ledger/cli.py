@@ -29,6 +29,7 @@ from ledger.bootstrap import backend_name, build_application, build_projections
 from ledger.domain.errors import LedgerError
 from ledger.logging import configure_logging
 from ledger.metrics import Metrics
+from ledger.projections import commands as projection_commands
 from ledger.settings import Settings
 
 DEV_SIGNING_KEY_FILE = "dev-signing-key.pem"
@@ -74,17 +75,21 @@ def _parser() -> argparse.ArgumentParser:
         help="local development: write dev principals and a signing key under var/",
     )
     serve.set_defaults(run=_serve)
+    projection_commands.add_parser(commands, settings_from)
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Reads the environment's settings and applies the flags given on the command line."""
     flags = {
-        "grpc_address": args.address,
-        "database_url": args.database_url,
-        "principals_file": args.principals_file,
-        "signing_key_file": args.signing_key_file,
-        "metrics_address": args.metrics_address,
+        field: getattr(args, flag, None)
+        for field, flag in (
+            ("grpc_address", "address"),
+            ("database_url", "database_url"),
+            ("principals_file", "principals_file"),
+            ("signing_key_file", "signing_key_file"),
+            ("metrics_address", "metrics_address"),
+        )
     }
     return dataclasses.replace(
         Settings.from_env(), **{k: v for k, v in flags.items() if v is not None}

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from ledger.application.events import CanonicalEvent, EventLog
 from ledger.projections.db import Database, Tx
+from ledger.projections.leases import AlwaysHeld, Leases
 
 LIVE = "LIVE"
 CATCHING_UP = "CATCHING_UP"
@@ -127,8 +128,10 @@ class ProjectionManager:
         projections: Sequence[Projection],
         batch_size: int = 2000,
         clock: Callable[[], float] = time.time,
+        leases: Leases | None = None,
     ) -> None:
         self.db = db
+        self.leases: Leases = leases or AlwaysHeld()
         self.log = log
         self.projections = {p.name: p for p in projections}
         self.batch_size = batch_size
@@ -328,6 +331,8 @@ class ProjectionManager:
         advanced = 0
         for gen in self.generations():
             if gen.state in (FAILED, RETIRED) or gen.name not in self.projections:
+                continue
+            if not self.leases.held(gen.name):
                 continue
             try:
                 advanced += self.step(gen)
