@@ -1,0 +1,1 @@
+"""Benchmarks: realistic data sets at scale and scenarios measured against baselines."""
