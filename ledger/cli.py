@@ -27,6 +27,7 @@ from ledger.api.server import AddressInUse, LedgerServer
 from ledger.api.servicers import ServerIdentity
 from ledger.bootstrap import backend_name, build_application, build_projections
 from ledger.domain.errors import LedgerError
+from ledger.bench import runner as bench_runner
 from ledger.logging import configure_logging
 from ledger.metrics import Metrics
 from ledger.projections import commands as projection_commands
@@ -75,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         help="local development: write dev principals and a signing key under var/",
     )
     serve.set_defaults(run=_serve)
+    _add_demo_command(commands)
     projection_commands.add_parser(commands, settings_from)
+    bench_runner.add_parser(commands)
     return parser
 
 
@@ -228,3 +231,38 @@ def _print_dev_hints(address: str, tokens_file: Path) -> None:
         f"{address} ledger.v1.AuditService/GetLedgerInfo",
         flush=True,
     )
+
+
+def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="load a realistic market through the gRPC API",
+        description="Loads exchanges, dealers, holders, listings, sales, grants and "
+        "revocations into a running ledger through its gRPC API. The same --seed "
+        "re-sends the same requests, so a re-run writes nothing.",
+    )
+    demo.add_argument("--address", help="host:port of the ledger (LEDGER_GRPC_ADDRESS)")
+    demo.add_argument(
+        "--tokens", type=Path, help="dev tokens file (default: LEDGER_VAR_DIR/dev-tokens.json)"
+    )
+    demo.add_argument("--seed", type=int, default=None, help="derives every request (default 2026)")
+    demo.add_argument("--scale", type=int, default=1, help="buyer cohorts of six (default 1)")
+    demo.set_defaults(run=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ledger.api.principals import DEV_TOKENS_FILE
+    from ledger.demo import DEFAULT_SEED, DemoError, run_demo
+
+    settings = Settings.from_env()
+    try:
+        run_demo(
+            args.address or settings.grpc_address,
+            args.tokens or settings.var_dir / DEV_TOKENS_FILE,
+            DEFAULT_SEED if args.seed is None else args.seed,
+            args.scale,
+        )
+    except DemoError as exc:
+        print(f"ledger demo: {exc}", file=sys.stderr)
+        return 1
+    return 0
