@@ -25,9 +25,9 @@ from ledger.api.principals import (
 )
 from ledger.api.server import AddressInUse, LedgerServer
 from ledger.api.servicers import ServerIdentity
+from ledger.bench import runner as bench_runner
 from ledger.bootstrap import backend_name, build_application, build_projections
 from ledger.domain.errors import LedgerError
-from ledger.bench import runner as bench_runner
 from ledger.logging import configure_logging
 from ledger.metrics import Metrics
 from ledger.projections import commands as projection_commands
