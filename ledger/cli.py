@@ -25,6 +25,8 @@ from ledger.api.principals import (
 )
 from ledger.api.server import AddressInUse, LedgerServer
 from ledger.api.servicers import ServerIdentity
+from ledger.audit import commands as audit_commands
+from ledger.audit.checkpoints import build_checkpointer
 from ledger.bench import runner as bench_runner
 from ledger.bootstrap import backend_name, build_application, build_projections
 from ledger.domain.errors import LedgerError
@@ -78,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
     _add_demo_command(commands)
     projection_commands.add_parser(commands, settings_from)
+    audit_commands.add_parser(commands, settings_from)
     bench_runner.add_parser(commands)
     return parser
 
@@ -190,6 +193,7 @@ def _run_server(
             settings.grpc_address,
             projections,
             run_projections=settings.run_projections,
+            checkpointer=build_checkpointer(settings, app, projections.db),
         )
     except (AddressInUse, ValueError) as exc:
         raise UsageError(str(exc)) from None

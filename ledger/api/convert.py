@@ -14,12 +14,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from uuid import UUID
 
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.application import commands as c
 from ledger.application.app import Outcome
 from ledger.application.markers import entity_id
+from ledger.audit.canonical import MAX_SAFE_INTEGER, format_time, parse_time
+from ledger.audit.replay import ReplayQuery
 from ledger.domain.base import LedgerAggregate
 from ledger.domain.errors import InvalidArgument
 from ledger.domain.grant import AccessGrant
@@ -429,3 +432,109 @@ def _timestamp_text(text: str) -> Timestamp:
     result = Timestamp()
     result.FromDatetime(parse_time_text(text))
     return result
+
+
+# --- audit: replayed events and checkpoints -------------------------------------------
+
+
+def replay_query(request: audit_pb2.ReplayEventsRequest) -> ReplayQuery:
+    """Returns the validated replay of a request (``to_position`` 0 = no end)."""
+    return ReplayQuery.create(
+        from_position=request.from_position,
+        to_position=request.to_position or None,
+        aggregate_ids=request.aggregate_ids,
+        event_types=request.event_types,
+        since=to_datetime(request.since, "since") if request.HasField("since") else None,
+        until=to_datetime(request.until, "until") if request.HasField("until") else None,
+        follow=request.follow,
+        max_events_per_message=request.max_events_per_message,
+    )
+
+
+def event_pb(event: Mapping[str, Any], chain_hash: str) -> audit_pb2.Event:
+    """Returns a canonical event and its chain hash as an ``Event`` message (payload
+    numbers become doubles). Replay writes the same message faster (``ledger.audit.wire``)."""
+    message = audit_pb2.Event(
+        position=event["position"],
+        aggregate_id=event["aggregate_id"],
+        aggregate_type=event["aggregate_type"],
+        version=event["version"],
+        type=event["type"],
+        recorded_at=_timestamp_text(event["recorded_at"]),
+        effective_at=_timestamp_text(event["effective_at"]),
+        actor=event["actor"],
+        role=event["role"],
+        request_id=event["request_id"],
+        chain_hash=chain_hash,
+    )
+    message.payload.update(event["payload"])
+    return message
+
+
+def event_from_pb(message: audit_pb2.Event) -> tuple[dict[str, Any], str]:
+    """Returns the canonical event of an ``Event`` message and its chain hash.
+
+    ``Struct`` numbers are doubles; a double with an integral value within ±(2**53 - 1)
+    becomes an int again. JCS writes such a double exactly as that int, so the event's
+    canonical bytes, and its chain hash, are those of the stored event.
+    """
+    event = {
+        "position": message.position,
+        "aggregate_id": message.aggregate_id,
+        "aggregate_type": message.aggregate_type,
+        "version": message.version,
+        "type": message.type,
+        "recorded_at": _time_text(message.recorded_at),
+        "effective_at": _time_text(message.effective_at),
+        "actor": message.actor,
+        "role": message.role,
+        "request_id": message.request_id,
+        "payload": {key: _json_value(value) for key, value in message.payload.fields.items()},
+    }
+    return event, message.chain_hash
+
+
+def _json_value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if number.is_integer() and abs(number) <= MAX_SAFE_INTEGER:
+            return int(number)
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {key: _json_value(item) for key, item in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_json_value(item) for item in value.list_value.values]
+    return None
+
+
+def _time_text(timestamp: Timestamp) -> str:
+    return format_time(timestamp.ToDatetime(tzinfo=UTC))
+
+
+def checkpoint_pb(checkpoint: Mapping[str, Any]) -> audit_pb2.Checkpoint:
+    """Returns a checkpoint file object as a ``Checkpoint`` message."""
+    return audit_pb2.Checkpoint(
+        ledger_id=checkpoint["ledger_id"],
+        position=checkpoint["position"],
+        chain_hash=checkpoint["chain_hash"],
+        signed_at=timestamp(parse_time(checkpoint["signed_at"])),
+        key_id=checkpoint["key_id"],
+        signature=checkpoint["signature"],
+    )
+
+
+def checkpoint_from_pb(message: audit_pb2.Checkpoint) -> dict[str, Any]:
+    """Returns the checkpoint file object of a ``Checkpoint`` message."""
+    return {
+        "ledger_id": message.ledger_id,
+        "position": message.position,
+        "chain_hash": message.chain_hash,
+        "signed_at": _time_text(message.signed_at),
+        "key_id": message.key_id,
+        "signature": message.signature,
+    }

@@ -26,6 +26,8 @@ from ledger.api.servicers import (
 from ledger.application.app import MarketLedger
 from ledger.application.identity import ensure_ledger_id
 from ledger.application.queries import Queries
+from ledger.audit.checkpoints import Checkpointer
+from ledger.audit.wire import add_audit_service
 from ledger.domain.errors import Unavailable
 from ledger.metrics import Metrics
 from ledger.projections.engine import ProjectionManager
@@ -33,7 +35,6 @@ from ledger.v1 import (
     access_pb2,
     access_pb2_grpc,
     audit_pb2,
-    audit_pb2_grpc,
     listing_pb2,
     listing_pb2_grpc,
     participant_pb2,
@@ -142,8 +143,10 @@ class LedgerServer:
         projections: ProjectionManager,
         max_workers: int = DEFAULT_WORKERS,
         run_projections: bool = True,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.app = app
+        self._checkpointer = checkpointer
         self.projections = projections
         self._run_projections = run_projections
         self._projections_stop = threading.Event()
@@ -180,9 +183,7 @@ class LedgerServer:
         access_pb2_grpc.add_AccessServiceServicer_to_server(
             AccessService(app, queries), self._server
         )
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditService(app, queries, identity, ledger_id), self._server
-        )
+        add_audit_service(AuditService(app, queries, identity, ledger_id), self._server)
         projection_pb2_grpc.add_ProjectionServiceServicer_to_server(
             ProjectionService(queries), self._server
         )
@@ -210,6 +211,8 @@ class LedgerServer:
         self._monitor.start()
         if self._run_projections:
             self._projections_thread.start()
+        if self._checkpointer is not None:
+            self._checkpointer.start()
         self._server.start()
 
     def stop(self, grace_s: float) -> None:
@@ -222,6 +225,9 @@ class LedgerServer:
         self.projections.wake()
         if self._projections_thread.is_alive():
             self._projections_thread.join(timeout=grace_s + 5)
+        # After the projections: the last checkpoint covers what they hashed.
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self._executor.shutdown(wait=False)
         self.app.guard.stop()
 

@@ -6,6 +6,7 @@ call and translates the result back. Errors propagate to the error interceptor."
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,8 +21,11 @@ from ledger.api.interceptors import actor_of, current_call
 from ledger.application import commands as c
 from ledger.application.app import MarketLedger
 from ledger.application.queries import Page, Queries
+from ledger.audit.checkpoints import CheckpointStore
+from ledger.audit.replay import MAX_REPLAY_STREAMS, EventReplay
+from ledger.audit.stored import audit_reader
 from ledger.domain.base import LedgerAggregate
-from ledger.domain.errors import InvalidArgument
+from ledger.domain.errors import InvalidArgument, NotFound
 from ledger.domain.grant import AccessGrant
 from ledger.domain.listing import Listing
 from ledger.domain.participant import Participant
@@ -383,11 +387,26 @@ class AuditService(_Servicer, audit_pb2_grpc.AuditServiceServicer):
         super().__init__(app, queries)
         self._server = server
         self._ledger_id = ledger_id
+        db = queries.projections.db
+        self._replay = EventReplay(audit_reader(app.recorder, db), app.head_position)
+        self._replay_slots = threading.BoundedSemaphore(MAX_REPLAY_STREAMS)
+        self._checkpoints = CheckpointStore(db)
 
-    def ReplayEvents(
+    def ReplayEvents(  # type: ignore[override] # bytes: see ledger.audit.wire
         self, request: au.ReplayEventsRequest, context: Context
-    ) -> Iterator[au.ReplayEventsResponse]:
-        raise _unimplemented(context)
+    ) -> Iterator[bytes]:
+        """Streams encoded ``ReplayEventsResponse`` messages as fast as the client takes
+        them; a few streams at most, so that stalled ones cannot take every worker."""
+        query = convert.replay_query(request)
+        if not self._replay_slots.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{MAX_REPLAY_STREAMS} replays are running; retry when one has ended",
+            )
+        try:
+            yield from self._replay.messages(query, context.is_active)
+        finally:
+            self._replay_slots.release()
 
     def GetOwnership(
         self, request: au.GetOwnershipRequest, context: Context
@@ -406,7 +425,11 @@ class AuditService(_Servicer, audit_pb2_grpc.AuditServiceServicer):
     def GetCheckpoint(
         self, request: au.GetCheckpointRequest, context: Context
     ) -> au.GetCheckpointResponse:
-        raise _unimplemented(context)
+        at = request.at_position if request.HasField("at_position") else None
+        checkpoint = self._checkpoints.latest(at)
+        if checkpoint is None:
+            raise NotFound("checkpoint", "latest" if at is None else f"at or before {at}")
+        return au.GetCheckpointResponse(checkpoint=convert.checkpoint_pb(checkpoint))
 
     def GetLedgerInfo(
         self, request: au.GetLedgerInfoRequest, context: Context

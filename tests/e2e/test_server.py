@@ -356,18 +356,6 @@ def test_a_stale_etag_is_aborted(stubs: Stubs, credentials: Credentials, parties
     assert error.code() is grpc.StatusCode.ABORTED
 
 
-def test_later_methods_are_unimplemented(stubs: Stubs, credentials: Credentials) -> None:
-    auditor = credentials.of(Role.AUDITOR)
-    unary = failure(
-        lambda: stubs.audit.GetCheckpoint(audit_pb2.GetCheckpointRequest(), metadata=auditor)
-    )
-    streamed = failure(
-        lambda: list(stubs.audit.ReplayEvents(audit_pb2.ReplayEventsRequest(), metadata=auditor))
-    )
-    assert unary.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert streamed.code() is grpc.StatusCode.UNIMPLEMENTED
-
-
 def test_an_oversized_message_is_refused(stubs: Stubs, credentials: Credentials) -> None:
     request = participant_pb2.RegisterParticipantRequest(
         request_id=rid(), name="x" * (5 * 1024 * 1024)

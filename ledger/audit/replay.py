@@ -1,0 +1,250 @@
+"""Replay of the event log for auditors: events in log order with their kept chain
+hashes, filtered, batched into messages, and read only as fast as they are taken.
+
+``EventReplay.messages`` is a generator: it reads the next batch of the log only when
+the previous message has been taken, so a stalled client holds at most one batch of
+encoded events in the server. Events are sent once the ``chain`` projection has hashed
+them; a stream that is not following ends at the head of the log as it was when the
+stream started (or at ``to_position``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from ledger.application.events import EVENT_TYPES, CanonicalEvent
+from ledger.audit.canonical import format_time
+from ledger.audit.stored import AuditReader
+from ledger.audit.wire import encode_event
+from ledger.domain.errors import FieldViolation, InvalidArgument, Unavailable
+from ledger.projections.chain import AuditChain, chain_hashes
+from ledger.projections.db import Tx
+from ledger.projections.engine import Tables
+
+DEFAULT_EVENTS_PER_MESSAGE: Final = 500
+MAX_EVENTS_PER_MESSAGE: Final = 5000
+# A message stays well under the server's 4 MiB limit, whatever the payloads hold.
+MAX_MESSAGE_BYTES: Final = 1 << 20
+READ_BATCH: Final = 2000
+# How long a stream waits for the chain projection to hash events that are stored.
+CHAIN_WAIT_S: Final = 30.0
+# How often a following stream looks for new events (and whether its client left).
+FOLLOW_POLL_S: Final = 0.02
+MAX_FILTER_VALUES: Final = 1000
+# Streams a server runs at once: a stalled client keeps its worker thread, and the
+# server's other clients need the rest (it has 16 by default).
+MAX_REPLAY_STREAMS: Final = 8
+
+_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@dataclass(frozen=True)
+class ReplayQuery:
+    """What to replay. Positions are inclusive (``to_position`` None: no end); times are
+    canonical texts compared with ``recorded_at`` (``since`` inclusive, ``until``
+    exclusive)."""
+
+    from_position: int = 0
+    to_position: int | None = None
+    aggregate_ids: frozenset[str] = frozenset()
+    event_types: frozenset[str] = frozenset()
+    since: str | None = None
+    until: str | None = None
+    follow: bool = False
+    max_events_per_message: int = DEFAULT_EVENTS_PER_MESSAGE
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        from_position: int = 0,
+        to_position: int | None = None,
+        aggregate_ids: Iterable[str] = (),
+        event_types: Iterable[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        follow: bool = False,
+        max_events_per_message: int = 0,
+    ) -> ReplayQuery:
+        """Validates a request; raises ``InvalidArgument`` naming every bad field.
+
+        ``max_events_per_message`` 0 means the default; more than the maximum is capped.
+        """
+        problems: list[FieldViolation] = []
+
+        def bad(field: str, description: str) -> None:
+            problems.append(FieldViolation(field, description))
+
+        if from_position < 0:
+            bad("from_position", "must not be negative")
+        if to_position is not None and to_position < max(from_position, 1):
+            bad("to_position", "must be at least from_position (and positive); 0 = no end")
+        ids = [value.strip().lower() for value in aggregate_ids]
+        types = list(event_types)
+        if len(ids) > MAX_FILTER_VALUES:
+            bad("aggregate_ids", f"at most {MAX_FILTER_VALUES} ids")
+        for value in ids:
+            if not _UUID.fullmatch(value):
+                bad("aggregate_ids", f"{value[:64]!r} is not a UUID")
+                break
+        unknown = sorted(set(types) - EVENT_TYPES)
+        if unknown:
+            bad(
+                "event_types",
+                f"unknown event types {', '.join(map(repr, unknown[:5]))}; "
+                f"known: {', '.join(sorted(EVENT_TYPES))}",
+            )
+        if since is not None and until is not None and until <= since:
+            bad("until", "must be after since")
+        if max_events_per_message < 0:
+            bad("max_events_per_message", "must not be negative; 0 = the server's default")
+        if problems:
+            raise InvalidArgument(*problems)
+        return cls(
+            from_position=from_position,
+            to_position=to_position,
+            aggregate_ids=frozenset(ids),
+            event_types=frozenset(types),
+            since=None if since is None else format_time(since),
+            until=None if until is None else format_time(until),
+            follow=follow,
+            max_events_per_message=min(
+                max_events_per_message or DEFAULT_EVENTS_PER_MESSAGE, MAX_EVENTS_PER_MESSAGE
+            ),
+        )
+
+    def predicate(self) -> Callable[[CanonicalEvent], bool] | None:
+        """Returns the filter on single events, or None when every event passes."""
+        ids, types, since, until = self.aggregate_ids, self.event_types, self.since, self.until
+        if not (ids or types or since or until):
+            return None
+
+        def matches(event: CanonicalEvent) -> bool:
+            if ids and event["aggregate_id"] not in ids:
+                return False
+            if types and event["type"] not in types:
+                return False
+            recorded: str = event["recorded_at"]
+            # Canonical times have one fixed width, so text order is time order.
+            if since is not None and recorded < since:
+                return False
+            return until is None or recorded < until
+
+        return matches
+
+
+class EventReplay:
+    """Streams the log with its kept chain hashes."""
+
+    def __init__(
+        self,
+        reader: AuditReader,
+        head: Callable[[], int],
+        read_batch: int = READ_BATCH,
+        chain_wait_s: float = CHAIN_WAIT_S,
+        follow_poll_s: float = FOLLOW_POLL_S,
+    ) -> None:
+        self._reader = reader
+        self._head = head
+        self._read_batch = read_batch
+        self._chain_wait_s = chain_wait_s
+        self._follow_poll_s = follow_poll_s
+
+    def batches(
+        self, query: ReplayQuery, is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[list[tuple[CanonicalEvent, str]]]:
+        """Yields the matching events with their chain hashes, in log order, a read batch
+        at a time (batches may be empty while following)."""
+        matches = query.predicate()
+        after = max(query.from_position - 1, 0)
+        end = query.to_position
+        if not query.follow:
+            head = self._head()
+            end = head if end is None else min(end, head)
+        waited_since: float | None = None
+        while is_active():
+            if end is not None and after >= end:
+                return
+            chain = self._kept_chain()
+            covered = chain[1] if chain is not None else 0
+            if covered <= after:
+                # Nothing hashed beyond ``after`` yet: wait for the chain projection.
+                waited_since = waited_since or time.monotonic()
+                if not query.follow and time.monotonic() - waited_since > self._chain_wait_s:
+                    raise Unavailable(
+                        f"the chain projection has not hashed position {after + 1} after "
+                        f"{self._chain_wait_s:.0f} s; see `ledger projections status`"
+                    )
+                time.sleep(self._follow_poll_s)
+                continue
+            waited_since = None
+            assert chain is not None  # for mypy: covered > 0
+            stop = covered if end is None else min(covered, end)
+            events, last = self._reader.read(after, self._read_batch, stop)
+            if events:
+                hashes = self._hashes(chain[0], events[0]["position"], events[-1]["position"])
+                batch = [
+                    (event, hashes.get(event["position"], ""))
+                    for event in events
+                    if matches is None or matches(event)
+                ]
+                del events, hashes  # while suspended, hold only what is yielded
+                yield batch
+                del batch
+            # No progress means nothing else is stored up to ``stop`` (gaps at the end).
+            after = last if last > after else stop
+
+    def messages(
+        self, query: ReplayQuery, is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[bytes]:
+        """Yields encoded ``ReplayEventsResponse`` messages of at most
+        ``max_events_per_message`` events (and about 1 MiB) each, never empty."""
+        limit = query.max_events_per_message
+        pending: list[bytes] = []
+        size = 0
+        for batch in self.batches(query, is_active):
+            encoded_batch = [encode_event(event, chain_hash) for event, chain_hash in batch]
+            # Emptied in place, so that the suspended reader no longer holds the decoded
+            # events either: a stalled client costs only the encoded bytes of one batch.
+            batch.clear()
+            for encoded in encoded_batch:
+                if pending and (len(pending) >= limit or size + len(encoded) > MAX_MESSAGE_BYTES):
+                    yield b"".join(pending)
+                    pending, size = [], 0
+                pending.append(encoded)
+                size += len(encoded)
+            # A batch ends where the log was read up to: send what matched, so that a
+            # following client sees new events at once.
+            if pending:
+                yield b"".join(pending)
+                pending, size = [], 0
+
+    def _kept_chain(self) -> tuple[Tables, int] | None:
+        """The live generation of the chain projection and the position it has hashed."""
+        with self._reader.snapshot() as tx:
+            return kept_chain(tx)
+
+    def _hashes(self, tables: Tables, first: int, last: int) -> dict[int, str]:
+        with self._reader.snapshot() as tx:
+            return chain_hashes(tx, tables, first, last)
+
+
+def kept_chain(tx: Tx) -> tuple[Tables, int] | None:
+    """Returns the tables of the chain projection's live generation and the position it
+    has hashed up to (None if it has none).
+
+    Read from the engine's registry directly rather than ``ProjectionManager.live``, so
+    that following streams poll it in a read-only transaction.
+    """
+    row = tx.fetchone(
+        "SELECT generation, position FROM projection_generations WHERE name = ? AND live = 1",
+        (AuditChain.name,),
+    )
+    if row is None:
+        return None
+    return Tables(AuditChain.name, int(row[0])), int(row[1])
