@@ -467,6 +467,7 @@ def event_pb(event: Mapping[str, Any], chain_hash: str) -> audit_pb2.Event:
         request_id=event["request_id"],
         chain_hash=chain_hash,
     )
+    message.payload.SetInParent()  # an empty payload is still an object
     message.payload.update(event["payload"])
     return message
 
