@@ -16,6 +16,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 from ledger.application.app import MarketLedger
 from ledger.application.events import EventLog
 from ledger.application.guard import StoreGuard
+from ledger.application.recorders import FENCED_FACTORIES
 from ledger.clock import Clock
 from ledger.domain.errors import InvalidArgument, Unavailable
 from ledger.projections.db import Database, PostgresDatabase, SqliteDatabase
@@ -167,8 +168,9 @@ CACHE_ENV = {
 def build_application(settings: Settings, clock: Clock | None = None) -> MarketLedger:
     """Builds the ledger application on the configured event store."""
     env = {**store_env(settings), **CACHE_ENV}
+    env["PERSISTENCE_MODULE"] = FENCED_FACTORIES[env["PERSISTENCE_MODULE"]]
     ensure_schema(env)
-    probe = store_probe(env)
+    probe = store_probe(store_env(settings))
     if probe is not None:
         _reconnect_promptly()
     try:

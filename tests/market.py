@@ -96,6 +96,9 @@ class Market:
     # --- listings -------------------------------------------------------------------
 
     def submit(self, **overrides: Any) -> str:
+        return str(self.run(self.submit_command(**overrides)).resource.id)
+
+    def submit_command(self, **overrides: Any) -> c.SubmitListing:
         fields: dict[str, Any] = {
             "request_id": rid(),
             "exchange_id": self.ids["exchange"],
@@ -111,7 +114,7 @@ class Market:
             "price_amount_minor": 1_250_000,
         }
         fields.update(overrides)
-        return str(self.run(c.SubmitListing(**fields)).resource.id)
+        return c.SubmitListing(**fields)
 
     def assess(self, listing_id: str, passed: bool = True, assessor: str = "assessor") -> Outcome:
         return self.run(

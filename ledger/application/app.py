@@ -6,7 +6,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -109,10 +109,17 @@ class Outcome:
 
 @dataclass
 class Decision:
-    """What a command handler decided: the resource to return and every aggregate to save."""
+    """What a command handler decided: the resource to return, every aggregate to save,
+    and the aggregates whose state its rules read without changing them (read fences:
+    the write fails, and the command is retried, if any of them moved on meanwhile)."""
 
     subject: LedgerAggregate
     changed: list[LedgerAggregate]
+    read: list[LedgerAggregate] = field(default_factory=list)
+
+    def read_versions(self) -> dict[UUID, int]:
+        written = {a.id for a in self.changed}
+        return {a.id: a.version for a in self.read if a.id not in written}
 
 
 Handler = Callable[[Any, Act], Decision]
@@ -181,7 +188,9 @@ class MarketLedger(Application[UUID]):
                 marker = RequestMarker.accept(command.kind, fingerprint, decision.subject, act)
                 try:
                     # The marker goes last, so its position is the position of the write.
-                    recordings = self.save(*decision.changed, marker)
+                    recordings = self.save(
+                        *decision.changed, marker, read_versions=decision.read_versions()
+                    )
                 except IntegrityError:
                     if getattr(command, "etag", "") or getattr(command, "listing_etag", ""):
                         raise Conflict(
@@ -243,11 +252,11 @@ class MarketLedger(Application[UUID]):
             ("trade_id", Trade),
             ("listing_id", Listing),
         )
-        for field, cls in targets:
-            value = getattr(command, field, "")
+        for name, cls in targets:
+            value = getattr(command, name, "")
             if value:
                 try:
-                    return self.load(cls, value, field).exchange_id
+                    return self.load(cls, value, name).exchange_id
                 except LedgerError:
                     return None
         venue = getattr(command, "exchange_id", None)
@@ -479,7 +488,7 @@ class MarketLedger(Application[UUID]):
             evidence,
             act,
         )
-        return Decision(listing, [listing])
+        return Decision(listing, [listing], read=[exchange, provider])
 
     def record_assessment(self, command: c.RecordAssessment, actor: Actor) -> Outcome:
         return self._execute(command, actor, self._record_assessment)
@@ -494,7 +503,7 @@ class MarketLedger(Application[UUID]):
             parse_text(cmd.notes, "notes"),
             act,
         )
-        return Decision(listing, [listing])
+        return Decision(listing, [listing], read=[assessor])
 
     def approve_listing(self, command: c.ApproveListing, actor: Actor) -> Outcome:
         return self._execute(command, actor, self._approve_listing)
@@ -503,7 +512,7 @@ class MarketLedger(Application[UUID]):
         listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
         exchange = self.load(Participant, listing.exchange_id, "exchange_id")
         listing.approve(exchange, act)
-        return Decision(listing, [listing])
+        return Decision(listing, [listing], read=[exchange])
 
     def reject_listing(self, command: c.RejectListing, actor: Actor) -> Outcome:
         return self._execute(command, actor, self._reject_listing)
@@ -611,7 +620,7 @@ class MarketLedger(Application[UUID]):
             parse_text(cmd.settlement_ref, "settlement_ref", limit=MAX_NAME),
             act,
         )
-        return Decision(trade, [trade, listing])
+        return Decision(trade, [trade, listing], read=[seller, buyer])
 
     def settle_trade(self, command: c.SettleTrade, actor: Actor) -> Outcome:
         return self._execute(command, actor, self._settle_trade)

@@ -13,10 +13,11 @@ import pytest
 from eventsourcing.utils import resolve_topic
 
 from ledger.application import commands as c
-from ledger.application.app import MarketLedger
+from ledger.application.app import Decision, MarketLedger
 from ledger.application.markers import entity_id
 from ledger.bootstrap import build_application
 from ledger.clock import FakeClock
+from ledger.domain.base import Act
 from ledger.domain.errors import AlreadyExists, Conflict, RuleViolation
 from ledger.domain.grant import AccessGrant
 from ledger.domain.listing import Listing
@@ -153,3 +154,32 @@ class ApplicationContract:
         )
         assert out.resource.id == entity_id("participant", request_id)
         assert isinstance(out.resource.id, UUID)
+
+    def test_r07_a_sale_racing_a_suspension_of_its_seller_in_another_process_loses(
+        self, database_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        market = new_market(self.open(database_url, clock), clock)
+        listing_id = market.listed()
+        other = self.open(database_url, clock)  # another server on the same store
+        suspend = c.SuspendParticipant(request_id=rid(), participant_id=market.ids["provider"])
+        decide = market.app._record_sale
+        raced: list[bool] = []
+
+        def racing(command: c.RecordSale, act: Act) -> Decision:
+            decision = decide(command, act)
+            if not raced:
+                raced.append(True)
+                other.execute(suspend, market.actor)  # commits between decision and write
+            return decision
+
+        monkeypatch.setattr(market.app, "_record_sale", racing)
+        with pytest.raises(RuleViolation) as refused:
+            market.run(market.sale_command(listing_id))
+        assert refused.value.reason == "R07_SELLER_NOT_ACTIVE"
+        trades = [
+            n
+            for n in market.app.recorder.select_notifications(1, 10_000)
+            if n.topic == "ledger/SaleRecorded"
+        ]
+        assert trades == []
+        other.close()

@@ -286,25 +286,12 @@ def test_r02_listing_on_an_active_certified_exchange_is_allowed(market: Market) 
     assert listing_of(market, listing_id).exchange_id == market.ids["exchange"]
 
 
-CONCURRENT_PARTICIPANT_CHECKS = (
-    "BUG (spec: 'Enforced rules hold under concurrency'): the command reads a participant's "
-    "state for its rule check but does not write to that participant, so a concurrent "
-    "suspension/revocation of it does not conflict and both commits land; the log then "
-    "shows the act after the suspension. See ledger/application/app.py {handler} "
-    "(Decision saves {saved} only)."
-)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=CONCURRENT_PARTICIPANT_CHECKS.format(handler="_submit_listing", saved="the new listing"),
-)
 def test_r02_a_listing_racing_a_suspension_of_its_exchange_loses(
     market: Market, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     suspend = c.SuspendParticipant(request_id=rid(), participant_id=market.ids["exchange"])
     race_in_between(market, monkeypatch, "_submit_listing", suspend)
-    rejected(market, "R02_EXCHANGE_NOT_ACTIVE", market.submit)
+    loses_race(market, market.submit_command(), suspend, "R02_EXCHANGE_NOT_ACTIVE")
 
 
 # --- R03: no listing without a passing assessment by an eligible assessor --------------
@@ -595,12 +582,6 @@ def test_r07_sale_by_the_provider_itself_needs_no_dealer_certification(
     assert market.sell(listing)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=CONCURRENT_PARTICIPANT_CHECKS.format(
-        handler="_record_sale", saved="the trade and the listing"
-    ),
-)
 def test_r07_a_sale_racing_a_suspension_of_its_seller_loses(
     market: Market, listing: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -663,12 +644,6 @@ def test_r08_general_data_sold_to_an_uncertified_buyer_is_allowed(
     assert market.sell(listing, buyer_id=market.ids["buyer"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=CONCURRENT_PARTICIPANT_CHECKS.format(
-        handler="_record_sale", saved="the trade and the listing"
-    ),
-)
 def test_r08_a_sale_racing_a_revocation_of_the_buyers_certification_loses(
     market: Market, important: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1424,3 +1399,34 @@ def _test_names() -> Iterator[str]:
 def test_every_enforced_rule_has_tests() -> None:
     covered = {name[5:8].upper() for name in _test_names()}
     assert covered >= {f"R{n:02d}" for n in range(1, 17)}
+
+
+def test_r03_an_assessment_racing_a_suspension_of_its_assessor_loses(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listing_id = market.submit()
+    suspend = c.SuspendParticipant(request_id=rid(), participant_id=market.ids["assessor"])
+    race_in_between(market, monkeypatch, "_record_assessment", suspend)
+    command = c.RecordAssessment(
+        request_id=rid(),
+        listing_id=listing_id,
+        assessor_id=market.ids["assessor"],
+        passed=True,
+        reference="LAW-2026-002",
+    )
+    loses_race(market, command, suspend, "R03_ASSESSOR_NOT_ACTIVE")
+
+
+def test_r02_an_approval_racing_a_suspension_of_its_exchange_loses(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listing_id = market.submit()
+    market.assess(listing_id)
+    suspend = c.SuspendParticipant(request_id=rid(), participant_id=market.ids["exchange"])
+    race_in_between(market, monkeypatch, "_approve_listing", suspend)
+    loses_race(
+        market,
+        c.ApproveListing(request_id=rid(), listing_id=listing_id),
+        suspend,
+        "R02_EXCHANGE_NOT_ACTIVE",
+    )

@@ -1,0 +1,118 @@
+"""Event recorders that also check *read fences*.
+
+A command's rules often read an aggregate they do not change (a sale checks that its
+seller and buyer are ACTIVE). Writing to those aggregates would make every sale by one
+party conflict with every other; not checking them at all would let a sale commit after
+a concurrent suspension of its seller. A read fence is the middle way: the command passes
+``read_versions={aggregate_id: version}`` to ``save``, and the recorder, inside the same
+transaction and after it holds the write lock, fails with ``IntegrityError`` if any of
+those aggregates has moved on. The command is then retried against the new state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteFactory
+from psycopg.sql import SQL, Identifier
+
+ReadVersions = Mapping[UUID, int]
+
+
+def _moved(read_versions: ReadVersions, current: Mapping[UUID, int]) -> list[UUID]:
+    return [i for i, version in read_versions.items() if current.get(i, 0) != version]
+
+
+def _fail(moved: list[UUID]) -> None:
+    msg = f"read fence: {', '.join(map(str, moved))} changed since the command read them"
+    raise IntegrityError(msg)
+
+
+class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
+    def _insert_stored_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        read_versions: ReadVersions | None = kwargs.get("read_versions")
+        if read_versions:
+            # Under the table lock every earlier write is committed and visible to the
+            # fence (READ COMMITTED takes a snapshot per statement). The fence fails *in
+            # the database*, so the server aborts the transaction: if a read aggregate has
+            # an event after the version read, that event is inserted again, which breaks
+            # the events' unique key. It runs before the events' own insert, whose
+            # RETURNING rows the parent reads last from this cursor.
+            self._lock_table(curs)
+            ids, versions = zip(*read_versions.items(), strict=True)
+            curs.execute(
+                SQL(
+                    "INSERT INTO {schema}.{table} "
+                    "(originator_id, originator_version, topic, state) "
+                    "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+                    "FROM {schema}.{table} e "
+                    "JOIN unnest(%s::uuid[], %s::bigint[]) AS r(id, version) "
+                    "ON e.originator_id = r.id AND e.originator_version = r.version + 1"
+                ).format(
+                    schema=Identifier(self.datastore.schema),
+                    table=Identifier(self.events_table_name),
+                ),
+                (list(ids), list(versions)),
+            )
+        super()._insert_stored_events(curs, stored_events, **kwargs)
+
+
+class FencedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
+    def _insert_events(
+        self, c: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        # After the inserts this transaction holds the write lock, so no other write can
+        # commit before it and what it reads is the latest state.
+        returning = super()._insert_events(c, stored_events, **kwargs)
+        read_versions: ReadVersions | None = kwargs.get("read_versions")
+        if read_versions:
+            marks = ",".join("?" * len(read_versions))
+            c.execute(
+                f"SELECT originator_id, MAX(originator_version) FROM {self.events_table_name} "  # noqa: S608
+                f"WHERE originator_id IN ({marks}) GROUP BY originator_id",
+                [i.hex for i in read_versions],
+            )
+            current = {UUID(row[0]): row[1] for row in c.fetchall()}
+            moved = _moved(read_versions, current)
+            if moved:
+                _fail(moved)
+        return returning
+
+
+class FencedPOPOApplicationRecorder(POPOApplicationRecorder):
+    def _assert_uniqueness(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        super()._assert_uniqueness(stored_events, **kwargs)
+        read_versions: ReadVersions | None = kwargs.get("read_versions")
+        if read_versions:
+            current = {i: max(self._stored_events_index[str(i)], default=0) for i in read_versions}
+            moved = _moved(read_versions, current)
+            if moved:
+                _fail(moved)
+
+
+class FencedPostgresFactory(PostgresFactory):
+    application_recorder_class = FencedPostgresApplicationRecorder
+
+
+class FencedSQLiteFactory(SQLiteFactory):
+    application_recorder_class = FencedSQLiteApplicationRecorder
+
+
+class FencedPOPOFactory(POPOFactory):
+    def application_recorder(self) -> POPOApplicationRecorder:
+        return FencedPOPOApplicationRecorder()
+
+
+# The library's persistence module → the fenced factory used in its place.
+FENCED_FACTORIES = {
+    "eventsourcing.postgres": "ledger.application.recorders:FencedPostgresFactory",
+    "eventsourcing.sqlite": "ledger.application.recorders:FencedSQLiteFactory",
+    "eventsourcing.popo": "ledger.application.recorders:FencedPOPOFactory",
+}
