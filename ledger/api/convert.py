@@ -29,9 +29,10 @@ from ledger.domain.grant import AccessGrant
 from ledger.domain.listing import Listing
 from ledger.domain.participant import Certification, Participant
 from ledger.domain.trade import Trade
-from ledger.domain.values import Money, NamedEnum, PartyIdentifier
+from ledger.domain.values import Money, NamedEnum, PartyIdentifier, Right
 from ledger.projections.compliance import Report, parse_time_text
 from ledger.projections.engine import Status
+from ledger.projections.ownership import Holding
 from ledger.v1 import (
     access_pb2,
     audit_pb2,
@@ -539,3 +540,29 @@ def checkpoint_from_pb(message: audit_pb2.Checkpoint) -> dict[str, Any]:
         "key_id": message.key_id,
         "signature": message.signature,
     }
+
+
+def ownership_pb(
+    listing_id: str, holdings: list[Holding], position: int
+) -> audit_pb2.GetOwnershipResponse:
+    rights: dict[str, list[audit_pb2.Holder]] = {}
+    for h in holdings:
+        holder = audit_pb2.Holder(
+            holder_id=h.holder_id,
+            since_position=h.since_position,
+            via_trade_id=h.via_trade_id or "",
+            exclusive=h.exclusive,
+        )
+        if h.until_position is not None:
+            holder.until_position = h.until_position
+        if h.term_end:
+            holder.term_end.CopyFrom(_timestamp_text(h.term_end))
+        rights.setdefault(h.right, []).append(holder)
+    return audit_pb2.GetOwnershipResponse(
+        listing_id=listing_id,
+        rights=[
+            audit_pb2.RightHolders(right=enum_value(common_pb2.Right, Right[right]), holders=hs)
+            for right, hs in rights.items()
+        ],
+        as_of_position=position,
+    )

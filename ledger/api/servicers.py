@@ -344,7 +344,24 @@ class AccessService(_Servicer, access_pb2_grpc.AccessServiceServicer):
     def CheckAccess(
         self, request: ac.CheckAccessRequest, context: Context
     ) -> ac.CheckAccessResponse:
-        raise _unimplemented(context)
+        as_of_time, as_of_position = convert.as_of(request)
+        at = convert.to_datetime(request.at, "at") if request.HasField("at") else None
+        decision, position = self._queries.check_access(
+            request.grantee_id,
+            request.listing_id,
+            _enum(request, "delivery_mode"),
+            request.scenario,
+            at,
+            as_of_time,
+            as_of_position,
+            actor_of(context),
+        )
+        return ac.CheckAccessResponse(
+            allowed=decision.allowed,
+            grant_id=decision.grant_id,
+            reason=decision.reason,
+            as_of_position=position,
+        )
 
     def GetGrant(self, request: ac.GetGrantRequest, context: Context) -> ac.GetGrantResponse:
         grant = self._get(AccessGrant, request.grant_id, "grant_id", context)
@@ -411,7 +428,11 @@ class AuditService(_Servicer, audit_pb2_grpc.AuditServiceServicer):
     def GetOwnership(
         self, request: au.GetOwnershipRequest, context: Context
     ) -> au.GetOwnershipResponse:
-        raise _unimplemented(context)
+        as_of_time, as_of_position = convert.as_of(request)
+        holdings, position = self._queries.ownership(
+            request.listing_id, as_of_time, as_of_position, actor_of(context)
+        )
+        return convert.ownership_pb(request.listing_id, holdings, position)
 
     def GetComplianceReport(
         self, request: au.GetComplianceReportRequest, context: Context

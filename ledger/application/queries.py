@@ -11,15 +11,20 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from ledger.application.app import Actor, MarketLedger
+from ledger.application.parse import parse_enum, parse_uuid
 from ledger.domain.base import LedgerAggregate
 from ledger.domain.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from ledger.domain.grant import AccessGrant
-from ledger.domain.listing import Listing
+from ledger.domain.listing import Listing, validate_scenario
 from ledger.domain.participant import Participant
 from ledger.domain.trade import Trade
+from ledger.domain.values import DeliveryMode
+from ledger.projections.access import Decision as AccessDecision
+from ledger.projections.access import check_access
 from ledger.projections.catalogue import list_ids
 from ledger.projections.compliance import Compliance, Report, record_rejection, time_text
-from ledger.projections.engine import ProjectionManager, Status
+from ledger.projections.engine import Generation, ProjectionManager, Status
+from ledger.projections.ownership import Holding, ownership_at
 
 A = TypeVar("A", bound=LedgerAggregate)
 
@@ -65,9 +70,15 @@ def _after(table: str, token: str) -> int:
 class Queries:
     """Answers reads from the read models, scoped to the caller's venues."""
 
-    def __init__(self, app: MarketLedger, projections: ProjectionManager) -> None:
+    def __init__(
+        self,
+        app: MarketLedger,
+        projections: ProjectionManager,
+        consistency_timeout_s: float = 2.0,
+    ) -> None:
         self.app = app
         self.projections = projections
+        self.consistency_timeout_s = consistency_timeout_s
         app.rejection_listeners.append(self.record_rejection)
 
     def page(
@@ -141,6 +152,73 @@ class Queries:
                 record_rejection(tx, time_text(self.app.clock.now())[:10], rule, exchange_id)
         except Exception:
             log.warning("rejection not counted", rule=rule, exc_info=True)
+
+    def _caught_up(self, name: str, as_of_position: int | None) -> Generation:
+        """The live generation of ``name`` once it has applied every write acknowledged
+        before this call (or up to ``as_of_position``); ``Unavailable`` if it cannot
+        catch up within the bound."""
+        target = self.app.head_position()
+        if as_of_position is not None:
+            target = min(target, as_of_position)
+        if not self.projections.wait_for(name, target, self.consistency_timeout_s):
+            raise Unavailable(
+                f"the {name} projection is behind the log (position {target} not yet "
+                "applied); retry shortly"
+            )
+        return self._live(name)
+
+    def check_access(
+        self,
+        grantee_id: str,
+        listing_id: str,
+        delivery_mode: str,
+        scenario: str,
+        at: datetime | None,
+        as_of_time: datetime | None,
+        as_of_position: int | None,
+        actor: Actor,
+    ) -> tuple[AccessDecision, int]:
+        """May the grantee use the listing this way, for this scenario, at ``at``? The
+        answer reflects every write acknowledged before the call."""
+        parse_uuid(grantee_id, "grantee_id")
+        self.app.get(Listing, listing_id, actor, "listing_id")
+        mode = parse_enum(DeliveryMode, delivery_mode, "delivery_mode").name
+        validate_scenario(scenario)
+        live = self._caught_up("access", as_of_position)
+        moment = time_text(at or self.app.clock.now())
+        with self.projections.db.transaction() as tx:
+            decision = check_access(
+                tx,
+                live.tables,
+                grantee_id,
+                listing_id,
+                mode,
+                scenario,
+                moment,
+                as_of_position,
+                time_text(as_of_time) if as_of_time else None,
+            )
+        return decision, as_of_position if as_of_position is not None else live.position
+
+    def ownership(
+        self,
+        listing_id: str,
+        as_of_time: datetime | None,
+        as_of_position: int | None,
+        actor: Actor,
+    ) -> tuple[list[Holding], int]:
+        """Each right of the listing with its holders, now or as of a past point."""
+        self.app.get(Listing, listing_id, actor, "listing_id")
+        live = self._caught_up("ownership", as_of_position)
+        with self.projections.db.transaction() as tx:
+            holdings = ownership_at(
+                tx,
+                live.tables,
+                listing_id,
+                as_of_position,
+                time_text(as_of_time) if as_of_time else None,
+            )
+        return holdings, as_of_position if as_of_position is not None else live.position
 
     def statuses(self) -> list[Status]:
         return self.projections.status()

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from ledger.api.principals import Role
-from ledger.v1 import audit_pb2, listing_pb2, projection_pb2
-from tests.e2e.conftest import Credentials, Parties, Stubs
-from tests.e2e.test_server import assess_and_approve, sale_request, submit
+from ledger.v1 import access_pb2, audit_pb2, common_pb2, listing_pb2, projection_pb2
+from tests.e2e.conftest import Credentials, Parties, Stubs, rid
+from tests.e2e.test_server import assess_and_approve, granted, sale_request, submit
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ def test_projections_are_listed_for_operators(stubs: Stubs, credentials: Credent
     statuses = stubs.projections.ListProjections(
         projection_pb2.ListProjectionsRequest(), metadata=credentials.of(Role.OPERATOR)
     ).projections
-    assert {"catalogue", "compliance", "chain"} <= {s.name for s in statuses}
+    assert {"catalogue", "ownership", "access", "compliance", "chain"} <= {s.name for s in statuses}
     for status in statuses:
         assert status.state != projection_pb2.PROJECTION_STATE_FAILED, status.error
 
@@ -98,3 +98,59 @@ def test_rule_rejections_are_counted_in_the_compliance_report(
         )
     assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert r05_count() == before + 1
+
+
+def check(
+    stubs: Stubs, credentials: Credentials, grant: access_pb2.Grant, **kw: object
+) -> access_pb2.CheckAccessResponse:
+    return stubs.access.CheckAccess(
+        access_pb2.CheckAccessRequest(
+            grantee_id=grant.grantee_id,
+            listing_id=grant.listing_id,
+            delivery_mode=grant.delivery_mode,
+            scenario=grant.scenario,
+            **kw,  # type: ignore[arg-type]
+        ),
+        metadata=credentials.of(Role.EXCHANGE),
+    )
+
+
+def test_check_access_denies_right_after_a_revocation_was_acknowledged(
+    stubs: Stubs, credentials: Credentials, parties: Parties
+) -> None:
+    grant = granted(stubs, credentials, parties)
+    allowed = check(stubs, credentials, grant)
+    assert allowed.allowed
+    assert allowed.grant_id == grant.id
+
+    revoked = stubs.access.RevokeAccess(
+        access_pb2.RevokeAccessRequest(
+            request_id=rid(), grant_id=grant.id, reason=common_pb2.REVOCATION_REASON_MISUSE_DETECTED
+        ),
+        metadata=credentials.of(Role.EXCHANGE),
+    )
+    # No waiting: the answer reflects every write acknowledged before the call.
+    denied = check(stubs, credentials, grant)
+    assert not denied.allowed
+    assert denied.reason == "R16_GRANT_REVOKED"
+    assert denied.as_of_position >= revoked.position
+
+    before = check(stubs, credentials, grant, as_of_position=allowed.as_of_position)
+    assert before.allowed
+
+
+def test_ownership_shows_the_provider_and_the_licensee(
+    stubs: Stubs, credentials: Credentials, parties: Parties
+) -> None:
+    grant = granted(stubs, credentials, parties)
+    ownership = stubs.audit.GetOwnership(
+        audit_pb2.GetOwnershipRequest(listing_id=grant.listing_id),
+        metadata=credentials.of(Role.AUDITOR),
+    )
+    holders = {
+        (common_pb2.Right.Name(r.right), h.holder_id, h.exclusive)
+        for r in ownership.rights
+        for h in r.holders
+    }
+    assert ("RIGHT_HOLD", parties.provider, True) in holders
+    assert ("RIGHT_PROCESS_USE", parties.buyer, False) in holders
