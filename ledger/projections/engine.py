@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ledger.application.events import CanonicalEvent, EventLog
 from ledger.projections.db import Database, Tx
-from ledger.projections.leases import AlwaysHeld, Leases
+from ledger.projections.leases import AlwaysHeld, Leases, lock_key
 
 LIVE = "LIVE"
 CATCHING_UP = "CATCHING_UP"
@@ -129,6 +130,7 @@ class ProjectionManager:
         batch_size: int = 2000,
         clock: Callable[[], float] = time.time,
         leases: Leases | None = None,
+        retire_grace_s: float = 5.0,
     ) -> None:
         self.db = db
         self.leases: Leases = leases or AlwaysHeld()
@@ -136,6 +138,9 @@ class ProjectionManager:
         self.projections = {p.name: p for p in projections}
         self.batch_size = batch_size
         self.clock = clock
+        # Longer than any reader (in any process) keeps using a generation it looked up
+        # as live, see ``live``: its tables are dropped only after this.
+        self.retire_grace_s = retire_grace_s
         self._progress = threading.Condition()
         self._wake = threading.Event()
         self._rates: dict[tuple[str, int], tuple[float, int, float]] = {}
@@ -144,53 +149,87 @@ class ProjectionManager:
     # --- registry -------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Creates the registry and, for a projection version not built yet, a generation."""
-        with self.db.transaction() as tx:
-            tx.execute(REGISTRY_DDL)
-        for projection in self.projections.values():
-            gens = self.generations(projection.name)
-            if not gens:
-                self._new_generation(projection, live=True)
-            elif not any(g.version == projection.version and g.state != RETIRED for g in gens):
-                self._new_generation(projection, live=False)
+        """Creates the registry and, for a projection version not built yet, a generation.
 
-    def _new_generation(self, projection: Projection, *, live: bool) -> Generation:
+        Workers that start together take turns, so each version is built once."""
+        with self._registry() as tx:
+            tx.execute(REGISTRY_DDL)
+            for projection in self.projections.values():
+                gens = self._generations(tx, projection.name)
+                if not gens:
+                    self._new_generation(tx, projection, live=True)
+                elif not any(g.version == projection.version and g.state != RETIRED for g in gens):
+                    self._new_generation(tx, projection, live=False)
+        self._live_cache.clear()
+        self._wake.set()
+
+    @contextmanager
+    def _registry(self) -> Iterator[Tx]:
+        """A transaction that has the registry to itself: SQLite's writers already take
+        turns, PostgreSQL's would race to create the same tables and rows."""
+        with self.db.transaction() as tx:
+            if self.db.dialect == "postgresql":
+                key = lock_key(getattr(self.db, "schema", ""), "projection_generations")
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (key,))
+            yield tx
+
+    @staticmethod
+    def _generations(tx: Tx, name: str) -> list[Generation]:
+        rows = tx.fetchall(
+            "SELECT * FROM projection_generations WHERE name = ? ORDER BY generation", (name,)
+        )
+        return [_generation(r) for r in rows]
+
+    def _new_generation(self, tx: Tx, projection: Projection, *, live: bool) -> Generation:
         now = self.clock()
         target = self.log.head()
-        with self.db.transaction() as tx:
-            row = tx.fetchone(
-                "SELECT COALESCE(MAX(generation), 0) FROM projection_generations WHERE name = ?",
-                (projection.name,),
-            )
-            generation = int(row[0] if row else 0) + 1
-            projection.create(tx, Tables(projection.name, generation))
-            tx.execute(
-                "INSERT INTO projection_generations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    projection.name,
-                    generation,
-                    projection.version,
-                    int(live),
-                    CATCHING_UP if live else REBUILDING,
-                    0,
-                    target,
-                    now,
-                    now,
-                    "",
-                    0,
-                ),
-            )
-        self._live_cache.pop(projection.name, None)
-        self._wake.set()
-        return self.generation(projection.name, generation)
+        row = tx.fetchone(
+            "SELECT COALESCE(MAX(generation), 0) FROM projection_generations WHERE name = ?",
+            (projection.name,),
+        )
+        generation = int(row[0] if row else 0) + 1
+        projection.create(tx, Tables(projection.name, generation))
+        tx.execute(
+            "INSERT INTO projection_generations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                projection.name,
+                generation,
+                projection.version,
+                int(live),
+                CATCHING_UP if live else REBUILDING,
+                0,
+                target,
+                now,
+                now,
+                "",
+                0,
+            ),
+        )
+        return self._generations(tx, projection.name)[-1]
 
     def rebuild(self, name: str) -> Generation:
         """Starts building a fresh generation of ``name`` beside the live one."""
         projection = self.projection(name)
-        for g in self.generations(name):
-            if g.state == REBUILDING:
-                return g
-        return self._new_generation(projection, live=False)
+        with self._registry() as tx:
+            rebuilding = [g for g in self._generations(tx, name) if g.state == REBUILDING]
+            gen = rebuilding[0] if rebuilding else self._new_generation(tx, projection, live=False)
+        self._live_cache.pop(name, None)
+        self._wake.set()
+        return gen
+
+    def retry(self, name: str) -> list[Generation]:
+        """Clears the failure of ``name``'s generations (after a fix is deployed), so the
+        runner resumes at the event that failed: it is folded again, never skipped."""
+        self.projection(name)
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE projection_generations SET state = CASE WHEN live = 1 THEN ? ELSE ? END, "
+                "error = '', error_position = 0, updated_at = ? WHERE name = ? AND state = ?",
+                (CATCHING_UP, REBUILDING, self.clock(), name, FAILED),
+            )
+        self._live_cache.pop(name, None)
+        self._wake.set()
+        return self.generations(name)
 
     def projection(self, name: str) -> Projection:
         try:
@@ -261,6 +300,8 @@ class ProjectionManager:
         for i, event in enumerate(events):
             upto = last if i == len(events) - 1 else int(event["position"])
             current = self.generation(gen.name, gen.generation)
+            if current.position != position:
+                break  # another worker moved it meanwhile; it owns these events now
             try:
                 self._commit(current, [event], upto)
             except _LostRace:
@@ -275,17 +316,15 @@ class ProjectionManager:
         """Applies events and advances the position in one transaction; 0 if another
         worker advanced the generation first (nothing is then written)."""
         projection = self.projection(gen.name)
-        switch = False
+        switch = not gen.live and last >= max(gen.target, self.log.head())
         with self.db.transaction() as tx:
-            try:
-                projection.apply(tx, gen.tables, events)
-            except Exception as error:
-                position = int(events[0]["position"]) if events else last
-                raise ProjectionFailed(position, error) from error
-            switch = not gen.live and last >= max(gen.target, self.log.head())
+            # The position moves first: a worker that lost the race stops here, before
+            # folding events already folded (which a projection may reject, e.g. by a
+            # unique key, and which must not then be reported as its failure).
+            # ``live`` too: a generation retired since it was read is not revived.
             moved = tx.execute(
                 "UPDATE projection_generations SET position = ?, updated_at = ?, state = ? "
-                "WHERE name = ? AND generation = ? AND position = ?",
+                "WHERE name = ? AND generation = ? AND position = ? AND live = ?",
                 (
                     last,
                     self.clock(),
@@ -293,15 +332,21 @@ class ProjectionManager:
                     gen.name,
                     gen.generation,
                     gen.position,
+                    int(gen.live),
                 ),
             )
             if moved != 1:
                 raise _LostRace
+            try:
+                projection.apply(tx, gen.tables, events)
+            except Exception as error:
+                position = int(events[0]["position"]) if events else last
+                raise ProjectionFailed(position, error) from error
             if switch:
                 tx.execute(
-                    "UPDATE projection_generations SET live = 0, state = ? "
+                    "UPDATE projection_generations SET live = 0, state = ?, updated_at = ? "
                     "WHERE name = ? AND live = 1",
-                    (RETIRED, gen.name),
+                    (RETIRED, self.clock(), gen.name),
                 )
                 tx.execute(
                     "UPDATE projection_generations SET live = 1 WHERE name = ? AND generation = ?",
@@ -379,8 +424,9 @@ class ProjectionManager:
                 self._progress.wait(min(remaining, 0.01))
 
     def drop_retired(self) -> None:
+        """Drops the tables of generations retired more than ``retire_grace_s`` ago."""
         for gen in self.generations():
-            if gen.state != RETIRED:
+            if gen.state != RETIRED or self.clock() - gen.updated_at < self.retire_grace_s:
                 continue
             projection = self.projections.get(gen.name)
             with self.db.transaction() as tx:
