@@ -11,6 +11,7 @@ part of the business log and are skipped.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -115,6 +116,15 @@ class EventLog:
 
     def head(self) -> int:
         return int(self.recorder.max_notification_id() or 0)
+
+    def recorded_at(self, position: int) -> float | None:
+        """When the first stored event at or after ``position`` was recorded (epoch
+        seconds), or None past the head."""
+        notifications = self.recorder.select_notifications(position, 1)
+        if not notifications:
+            return None
+        stamp = orjson.loads(notifications[0].state)["timestamp"]["_data_"]
+        return datetime.fromisoformat(stamp).timestamp()
 
     def read(
         self, after: int, limit: int, stop: int | None = None

@@ -45,6 +45,10 @@ def add_parser(commands: Any, settings_from: Callable[[argparse.Namespace], Sett
     )
     rebuild.add_argument("name")
     rebuild.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
+    retry = sub.add_parser(
+        "retry", help="resume a FAILED projection from the event it failed on (after a fix)"
+    )
+    retry.add_argument("name")
     run = sub.add_parser(
         "run", help="follow the log and keep the projections current until stopped"
     )
@@ -56,7 +60,8 @@ def add_parser(commands: Any, settings_from: Callable[[argparse.Namespace], Sett
             from ledger.projections.remote import run_remote
 
             return run_remote(args)
-        return {"status": _status, "rebuild": _rebuild, "run": _run}[args.action](args, settings)
+        actions = {"status": _status, "rebuild": _rebuild, "retry": _retry, "run": _run}
+        return actions[args.action](args, settings)
 
     parser.set_defaults(run=dispatch, address=None)
 
@@ -182,6 +187,19 @@ def _gone(manager: ProjectionManager, name: str) -> Status:
         if status.name == name:
             return status
     raise RuntimeError(f"projection {name} has no generation")
+
+
+def _retry(args: argparse.Namespace, settings: Settings) -> int:
+    app, manager = _open(settings)
+    try:
+        resumed = manager.retry(args.name)
+    finally:
+        app.close()
+    for gen in resumed:
+        print(f"{gen.name}: generation {gen.generation} resumes at position {gen.position + 1}")
+    if not resumed:
+        print(f"{args.name}: nothing had failed")
+    return 0
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

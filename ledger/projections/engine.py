@@ -9,12 +9,16 @@ to it atomically once it has caught up with the head of the log.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
+
+import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError
 
 from ledger.application.events import CanonicalEvent, EventLog
 from ledger.projections.db import Database, Tx
@@ -68,6 +72,16 @@ class Projection(Protocol):
 
     def tables(self) -> Sequence[str]:
         """The table names (without prefix), for digests and for dropping retired ones."""
+
+
+# Errors of a database that cannot be reached right now (as opposed to a fold's bug).
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    sqlite3.OperationalError,
+    OperationalError,
+    InterfaceError,
+)
 
 
 class _LostRace(Exception):
@@ -339,6 +353,10 @@ class ProjectionManager:
                 raise _LostRace
             try:
                 projection.apply(tx, gen.tables, events)
+            except DATABASE_UNAVAILABLE:
+                # An outage is not the projection's failure: the batch rolls back and the
+                # runner tries it again once the database answers.
+                raise
             except Exception as error:
                 position = int(events[0]["position"]) if events else last
                 raise ProjectionFailed(position, error) from error
@@ -474,7 +492,7 @@ class ProjectionManager:
                     position=gen.position,
                     head=head,
                     lag_events=lag,
-                    lag_seconds=0.0 if lag == 0 else max(0.0, self.clock() - gen.updated_at),
+                    lag_seconds=self._lag_seconds(gen.position, lag),
                     error=gen.error,
                     error_position=gen.error_position,
                     progress=progress,
@@ -483,6 +501,13 @@ class ProjectionManager:
                 )
             )
         return statuses
+
+    def _lag_seconds(self, position: int, lag: int) -> float:
+        """How long the oldest event not yet applied has been waiting."""
+        if lag == 0:
+            return 0.0
+        waiting = self.log.recorded_at(position + 1)
+        return 0.0 if waiting is None else max(0.0, self.clock() - waiting)
 
     def digest(self, name: str, generation: Generation | None = None) -> str:
         """A SHA-256 over every row of a generation's tables, in a stable order: equal
