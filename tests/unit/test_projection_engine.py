@@ -502,7 +502,10 @@ def test_status_reports_the_lag_behind_the_head_in_events_and_seconds(
 
     before = market.head
     market.listed()
-    clock.now += 7
+    # Lag in seconds: how long the oldest event not yet applied has been waiting.
+    waiting_since = log.recorded_at(before + 1)
+    assert waiting_since is not None
+    clock.now = waiting_since + 7
     (behind,) = manager.status()
 
     assert behind.name == NAME
