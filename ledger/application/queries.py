@@ -181,7 +181,11 @@ class Queries:
         """May the grantee use the listing this way, for this scenario, at ``at``? The
         answer reflects every write acknowledged before the call."""
         parse_uuid(grantee_id, "grantee_id")
-        self.app.get(Listing, listing_id, actor, "listing_id")
+        parse_uuid(listing_id, "listing_id")
+        if actor.venues is not None:
+            # Only a venue-scoped caller needs the listing's exchange (another venue's
+            # listing is not found); for others an unknown listing simply has no grant.
+            self.app.get(Listing, listing_id, actor, "listing_id")
         mode = parse_enum(DeliveryMode, delivery_mode, "delivery_mode").name
         validate_scenario(scenario)
         live = self._caught_up("access", as_of_position)
@@ -198,7 +202,8 @@ class Queries:
                 as_of_position,
                 time_text(as_of_time) if as_of_time else None,
             )
-        return decision, as_of_position if as_of_position is not None else live.position
+        applied = self.projections.applied(live)
+        return decision, as_of_position if as_of_position is not None else applied
 
     def ownership(
         self,
@@ -218,7 +223,8 @@ class Queries:
                 as_of_position,
                 time_text(as_of_time) if as_of_time else None,
             )
-        return holdings, as_of_position if as_of_position is not None else live.position
+        applied = self.projections.applied(live)
+        return holdings, as_of_position if as_of_position is not None else applied
 
     def statuses(self) -> list[Status]:
         return self.projections.status()

@@ -159,6 +159,8 @@ class ProjectionManager:
         self._wake = threading.Event()
         self._rates: dict[tuple[str, int], tuple[float, int, float]] = {}
         self._live_cache: dict[str, tuple[float, Generation]] = {}
+        # Positions this process has applied, per (name, generation), newest first known.
+        self._applied: dict[tuple[str, int], int] = {}
 
     # --- registry -------------------------------------------------------------------
 
@@ -304,6 +306,7 @@ class ProjectionManager:
         except ProjectionFailed:
             advanced = self._commit_singly(gen, events, last)
         if advanced:
+            self._applied[(gen.name, gen.generation)] = gen.position + advanced
             self._track_rate(gen, gen.position + advanced)
             with self._progress:
                 self._progress.notify_all()
@@ -427,8 +430,15 @@ class ProjectionManager:
                 self._wake.wait(idle_s)
                 self._wake.clear()
 
+    def applied(self, gen: Generation) -> int:
+        """The position a generation has applied, as fresh as this process knows it."""
+        return max(gen.position, self._applied.get((gen.name, gen.generation), 0))
+
     def wait_for(self, name: str, position: int, timeout_s: float) -> bool:
         """Waits until the live generation of ``name`` has applied ``position``."""
+        if self.applied(self.live(name)) >= position:
+            # Applied by this process's runner: no need to ask the database.
+            return True
         deadline = time.monotonic() + timeout_s
         while True:
             self._live_cache.pop(name, None)
