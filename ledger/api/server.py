@@ -82,10 +82,12 @@ class HealthMonitor:
         servicer: health.HealthServicer,
         metrics: Metrics,
         interval_s: float = HEALTH_CHECK_INTERVAL_S,
+        projections: ProjectionManager | None = None,
     ) -> None:
         self._app = app
         self._servicer = servicer
         self._metrics = metrics
+        self._projections = projections
         self._interval_s = interval_s
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ledger-health", daemon=True)
@@ -111,6 +113,19 @@ class HealthMonitor:
         else:
             self._metrics.set_head_position(position)
             self._publish(serving=True)
+            self._publish_lag()
+
+    def _publish_lag(self) -> None:
+        if self._projections is None:
+            return
+        try:
+            statuses = self._projections.status()
+        except Exception:
+            log.warning("projection status unavailable for metrics", exc_info=True)
+            return
+        for status in statuses:
+            if status.state != "REBUILDING":
+                self._metrics.set_projection_lag(status.name, status.lag_events, status.lag_seconds)
 
     def _run(self) -> None:
         while not self._stopped.wait(self._interval_s):
@@ -190,7 +205,7 @@ class LedgerServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(REFLECTED_SERVICES, self._server)
-        self._monitor = HealthMonitor(app, self.health, metrics)
+        self._monitor = HealthMonitor(app, self.health, metrics, projections=projections)
         self._ledger_id = ledger_id
         self.host, self.port = _bind(self._server, address)
 
