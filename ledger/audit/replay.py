@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -30,7 +30,10 @@ DEFAULT_EVENTS_PER_MESSAGE: Final = 500
 MAX_EVENTS_PER_MESSAGE: Final = 5000
 # A message stays well under the server's 4 MiB limit, whatever the payloads hold.
 MAX_MESSAGE_BYTES: Final = 1 << 20
-READ_BATCH: Final = 2000
+# Events read, decoded and encoded at a time: a stalled client holds one batch's
+# messages, and the transient memory of decoding it.
+READ_BATCH: Final = 500
+CHAIN_RECHECK_S: Final = 1.0
 # How long a stream waits for the chain projection to hash events that are stored.
 CHAIN_WAIT_S: Final = 30.0
 # How often a following stream looks for new events (and whether its client left).
@@ -167,11 +170,17 @@ class EventReplay:
             head = self._head()
             end = head if end is None else min(end, head)
         waited_since: float | None = None
+        chain: tuple[Tables, int] | None = None
+        looked_at = 0.0
         while is_active():
             if end is not None and after >= end:
                 return
-            chain = self._kept_chain()
             covered = chain[1] if chain is not None else 0
+            # The registry is read again only when what it said is used up, or has aged:
+            # a rebuilt chain's old tables are dropped a few seconds after it retires.
+            if covered <= after or time.monotonic() - looked_at > CHAIN_RECHECK_S:
+                chain, looked_at = self._kept_chain(), time.monotonic()
+                covered = chain[1] if chain is not None else 0
             if covered <= after:
                 # Nothing hashed beyond ``after`` yet: wait for the chain projection.
                 waited_since = waited_since or time.monotonic()
@@ -187,7 +196,16 @@ class EventReplay:
             stop = covered if end is None else min(covered, end)
             events, last = self._reader.read(after, self._read_batch, stop)
             if events:
-                hashes = self._hashes(chain[0], events[0]["position"], events[-1]["position"])
+                first, last_event = events[0]["position"], events[-1]["position"]
+                try:
+                    hashes = self._hashes(chain[0], first, last_event)
+                except Exception:
+                    # The generation read may have been retired and dropped meanwhile (a
+                    # rebuild); its successor holds the same hashes.
+                    chain, looked_at = self._kept_chain(), time.monotonic()
+                    if chain is None:
+                        raise
+                    hashes = self._hashes(chain[0], first, last_event)
                 batch = [
                     (event, hashes.get(event["position"], ""))
                     for event in events
@@ -205,24 +223,14 @@ class EventReplay:
         """Yields encoded ``ReplayEventsResponse`` messages of at most
         ``max_events_per_message`` events (and about 1 MiB) each, never empty."""
         limit = query.max_events_per_message
-        pending: list[bytes] = []
-        size = 0
         for batch in self.batches(query, is_active):
-            encoded_batch = [encode_event(event, chain_hash) for event, chain_hash in batch]
+            messages = _pack(batch, limit)
             # Emptied in place, so that the suspended reader no longer holds the decoded
-            # events either: a stalled client costs only the encoded bytes of one batch.
+            # events either. What a stalled client then costs is the messages of one
+            # batch: a few large buffers, not thousands of small objects that would keep
+            # the allocator's arenas (and the server's memory) from being released.
             batch.clear()
-            for encoded in encoded_batch:
-                if pending and (len(pending) >= limit or size + len(encoded) > MAX_MESSAGE_BYTES):
-                    yield b"".join(pending)
-                    pending, size = [], 0
-                pending.append(encoded)
-                size += len(encoded)
-            # A batch ends where the log was read up to: send what matched, so that a
-            # following client sees new events at once.
-            if pending:
-                yield b"".join(pending)
-                pending, size = [], 0
+            yield from messages
 
     def _kept_chain(self) -> tuple[Tables, int] | None:
         """The live generation of the chain projection and the position it has hashed."""
@@ -232,6 +240,23 @@ class EventReplay:
     def _hashes(self, tables: Tables, first: int, last: int) -> dict[int, str]:
         with self._reader.snapshot() as tx:
             return chain_hashes(tx, tables, first, last)
+
+
+def _pack(batch: Sequence[tuple[CanonicalEvent, str]], limit: int) -> list[bytes]:
+    """Encodes a batch into messages of at most ``limit`` events and about 1 MiB."""
+    messages: list[bytes] = []
+    pending: list[bytes] = []
+    size = 0
+    for event, chain_hash in batch:
+        encoded = encode_event(event, chain_hash)
+        if pending and (len(pending) >= limit or size + len(encoded) > MAX_MESSAGE_BYTES):
+            messages.append(b"".join(pending))
+            pending, size = [], 0
+        pending.append(encoded)
+        size += len(encoded)
+    if pending:
+        messages.append(b"".join(pending))
+    return messages
 
 
 def kept_chain(tx: Tx) -> tuple[Tables, int] | None:

@@ -39,6 +39,7 @@ _TAG: Final = b'"_type_"'
 # Every stored state tags exactly these two envelope members (timestamp, effective_at).
 _ENVELOPE_TAGS: Final = 2
 _SKIPPED: Final = tuple(sorted(SKIPPED_TOPICS))
+CACHE_KIB: Final = 256
 
 # (position, originator id as stored, originator version, topic, state)
 Row = tuple[int, str, int, str, bytes]
@@ -233,6 +234,9 @@ class SqliteRows:
             connection = sqlite3.connect(
                 self._uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10
             )
+            # Reads are sequential, so the OS's page cache serves them as well; a small
+            # cache per connection keeps a server with many replay threads small.
+            connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._local.connection = connection
         return connection
 

@@ -36,18 +36,18 @@ _REQUEST_ID: Final = b"\x52"
 _PAYLOAD: Final = b"\x5a"
 _CHAIN_HASH: Final = b"\x62"
 _EVENTS: Final = b"\x0a"  # ReplayEventsResponse.events
-# google.protobuf.Struct / Value / ListValue
-_FIELDS_ENTRY: Final = b"\x0a"
-_ENTRY_KEY: Final = b"\x0a"
+# google.protobuf.Struct / Value / ListValue. Values are handled "sized": the varint of
+# their length followed by their bytes, which is how both a map entry's value and a list
+# item embed them.
+_ENTRY: Final = b"\x0a"  # Struct.fields entry; also the entry's key and ListValue.values
 _ENTRY_VALUE: Final = b"\x12"
-_NULL: Final = b"\x08\x00"
-_NUMBER: Final = b"\x11"
 _STRING: Final = b"\x1a"
-_TRUE: Final = b"\x20\x01"
-_FALSE: Final = b"\x20\x00"
 _STRUCT: Final = b"\x2a"
 _LIST: Final = b"\x32"
-_LIST_ITEM: Final = b"\x0a"
+_SIZED_NUMBER: Final = b"\x09\x11"  # 9 bytes: the key of number_value and a double
+_SIZED_TRUE: Final = b"\x02\x20\x01"
+_SIZED_FALSE: Final = b"\x02\x20\x00"
+_SIZED_NULL: Final = b"\x02\x08\x00"
 
 
 def _varint_slow(value: int) -> bytes:
@@ -62,86 +62,103 @@ def _varint_slow(value: int) -> bytes:
 
 
 _SHORT: Final = 1 << 14
-# Varints of every length below 16 KiB: lengths are by far the most frequent varints.
+# Varints of every value below 16 KiB: lengths are by far the most frequent varints.
 _VARINTS: Final[tuple[bytes, ...]] = tuple(_varint_slow(n) for n in range(_SHORT))
+# The head of a Struct entry of each length below 16 KiB: its key and its length.
+_ENTRY_HEADS: Final[tuple[bytes, ...]] = tuple(_ENTRY + v for v in _VARINTS)
 
 
 def varint(value: int) -> bytes:
     """Returns the protobuf varint of a non-negative int (or an int64 in ten bytes)."""
-    return _VARINTS[value] if 0 <= value < _SHORT else _varint_slow(value)
+    if 0 <= value < _SHORT:
+        return _VARINTS[value]
+    # Positions, seconds and nanoseconds: three to five bytes, written without a loop.
+    if 0 < value < 1 << 21:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    if 0 < value < 1 << 28:
+        return bytes(
+            (value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80, value >> 21)
+        )
+    if 0 < value < 1 << 35:
+        return bytes(
+            (
+                value & 0x7F | 0x80,
+                value >> 7 & 0x7F | 0x80,
+                value >> 14 & 0x7F | 0x80,
+                value >> 21 & 0x7F | 0x80,
+                value >> 28,
+            )
+        )
+    return _varint_slow(value)
 
 
 _CACHE_LIMIT: Final = 65_536
-# Encoded Values of strings and encoded map keys: enum names, ids and keys repeat.
-_string_values: dict[str, bytes] = {}
+# Sized string Values, and Struct keys with the value's key after them: enum names, ids
+# and keys repeat.
+_sized_strings: dict[str, bytes] = {}
 _keys: dict[str, bytes] = {}
 # Encoded seconds fields (b"\x08" + varint) of "YYYY-MM-DDTHH:MM:SS" prefixes.
 _seconds: dict[str, bytes] = {}
 
 
-def _string_value(text: str) -> bytes:
-    value = _string_values.get(text)
-    if value is None:
-        data = text.encode()
-        size = len(data)
-        value = _STRING + (_VARINTS[size] if size < _SHORT else _varint_slow(size)) + data
-        if size <= 64:
-            if len(_string_values) >= _CACHE_LIMIT:
-                _string_values.clear()
-            _string_values[text] = value
-    return value
+def _sized_string(text: str) -> bytes:
+    data = text.encode()
+    value = _STRING + varint(len(data)) + data
+    sized = varint(len(value)) + value
+    if len(data) <= 64:
+        if len(_sized_strings) >= _CACHE_LIMIT:
+            _sized_strings.clear()
+        _sized_strings[text] = sized
+    return sized
 
 
 def _key(text: str) -> bytes:
-    key = _keys.get(text)
-    if key is None:
-        data = text.encode()
-        key = _ENTRY_KEY + varint(len(data)) + data
-        if len(_keys) >= _CACHE_LIMIT:
-            _keys.clear()
-        _keys[text] = key
+    data = text.encode()
+    key = _ENTRY + varint(len(data)) + data + _ENTRY_VALUE
+    if len(_keys) >= _CACHE_LIMIT:
+        _keys.clear()
+    _keys[text] = key
     return key
 
 
-def _value(value: Any) -> bytes:
-    """Returns the bytes of a google.protobuf.Value holding a JSON value."""
+def _sized(value: Any) -> bytes:
+    """Returns a google.protobuf.Value holding a JSON value, after its length."""
     kind = type(value)
     if kind is str:
-        return _string_value(value)
+        return _sized_strings.get(value) or _sized_string(value)
     if kind is int or kind is float:
-        return _NUMBER + _pack_double(value)
+        return _SIZED_NUMBER + _pack_double(value)
     if kind is bool:
-        return _TRUE if value else _FALSE
+        return _SIZED_TRUE if value else _SIZED_FALSE
     if value is None:
-        return _NULL
+        return _SIZED_NULL
     if kind is dict:
         body = _struct(value)
-        return _STRUCT + varint(len(body)) + body
-    if kind is list:
-        items = []
+        encoded = _STRUCT + varint(len(body)) + body
+    elif kind is list:
+        parts = []
         for item in value:
-            encoded = _value(item)
-            items.append(_LIST_ITEM + varint(len(encoded)) + encoded)
-        body = b"".join(items)
-        return _LIST + varint(len(body)) + body
-    raise TypeError(f"a payload holds JSON values only, not {kind.__name__}")
+            parts.append(_ENTRY)
+            parts.append(_sized(item))
+        body = b"".join(parts)
+        encoded = _LIST + varint(len(body)) + body
+    else:
+        raise TypeError(f"a payload holds JSON values only, not {kind.__name__}")
+    return varint(len(encoded)) + encoded
 
 
 def _struct(mapping: Mapping[str, Any]) -> bytes:
     """Returns the bytes of a google.protobuf.Struct holding a JSON object."""
     parts: list[bytes] = []
     append = parts.append
+    keys, strings, heads = _keys, _sized_strings, _ENTRY_HEADS
     for name, item in mapping.items():
-        key = _keys.get(name) or _key(name)
-        encoded = _string_value(item) if type(item) is str else _value(item)
-        size = len(encoded)
-        entry_size = len(key) + 1 + (1 if size < 0x80 else len(varint(size))) + size
-        append(_FIELDS_ENTRY)
-        append(varint(entry_size))
+        key = keys.get(name) or _key(name)
+        value = (strings.get(item) or _sized_string(item)) if type(item) is str else _sized(item)
+        size = len(key) + len(value)
+        append(heads[size] if size < _SHORT else _ENTRY + _varint_slow(size))
         append(key)
-        append(_ENTRY_VALUE)
-        append(_VARINTS[size] if size < _SHORT else _varint_slow(size))
-        append(encoded)
+        append(value)
     return b"".join(parts)
 
 
