@@ -30,6 +30,7 @@ SCHEMA_REVISION = 1
 DEFAULT_SETTLEMENT_WINDOW_DAYS = 7
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+EARLIEST = datetime.min.replace(tzinfo=UTC)
 # Sorts after every real time: the end of an interval that has not ended.
 END = "9999-12-31T23:59:59.999999Z"
 # Stands for "no as-of position": above any position a BIGINT column can hold in practice.
@@ -112,7 +113,9 @@ def time_text(at: datetime) -> str:
     """Formats an aware datetime as a canonical event time (``...T08:00:00.000000Z``)."""
     if at.tzinfo is None:
         raise ValueError("a naive datetime is ambiguous; pass one with a timezone")
-    return at.astimezone(UTC).strftime(TIME_FORMAT)
+    utc = at.astimezone(UTC)
+    # %Y does not pad years before 1000 (year 1 is "1-01-01..."), which would not parse back.
+    return f"{utc.year:04d}{utc.strftime(TIME_FORMAT.removeprefix('%Y'))}"
 
 
 def parse_time_text(text: str) -> datetime:
@@ -715,7 +718,8 @@ def _r19_findings(tx: Tx, t: Tables, as_of: _AsOf, window: timedelta) -> list[Fi
         " AND executed_at <= ? AND (closed_position IS NULL OR closed_position > ?"
         " OR closed_recorded_at > ? OR closed_after_us > ?)"
     )
-    cutoff = time_text(parse_time_text(as_of.time) - window)
+    # Clamped: as of a time within the window after year 1 the cutoff precedes any date.
+    cutoff = time_text(max(parse_time_text(as_of.time), EARLIEST + window) - window)
     params += [cutoff, as_of.position, as_of.time, window_us]
     if as_of.exchange_id is not None:
         sql += " AND exchange_id = ?"
