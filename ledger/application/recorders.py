@@ -34,19 +34,22 @@ def _fail(moved: list[UUID]) -> None:
 
 
 class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
-    def _insert_stored_events(
+    def _insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
+        super()._insert_events(curs, stored_events, **kwargs)
         read_versions: ReadVersions | None = kwargs.get("read_versions")
-        if read_versions:
-            # Under the table lock every earlier write is committed and visible to the
-            # fence (READ COMMITTED takes a snapshot per statement). The fence fails *in
-            # the database*, so the server aborts the transaction: if a read aggregate has
-            # an event after the version read, that event is inserted again, which breaks
-            # the events' unique key. It runs before the events' own insert, whose
-            # RETURNING rows the parent reads last from this cursor.
+        if not read_versions:
+            return
+        # Under the table lock every earlier write is committed and visible to the fence
+        # (READ COMMITTED takes a snapshot per statement). The fence fails *in the
+        # database*: if a read aggregate has an event after the version read, that event
+        # is inserted again, which breaks the events' unique key. The inner pipeline
+        # block syncs on exit, so that failure is raised here, before the events' own
+        # insert is queued, and it unwinds (and rolls back) the recorder's transaction.
+        ids, versions = zip(*read_versions.items(), strict=True)
+        with curs.connection.pipeline():
             self._lock_table(curs)
-            ids, versions = zip(*read_versions.items(), strict=True)
             curs.execute(
                 SQL(
                     "INSERT INTO {schema}.{table} "
@@ -61,7 +64,6 @@ class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 ),
                 (list(ids), list(versions)),
             )
-        super()._insert_stored_events(curs, stored_events, **kwargs)
 
 
 class FencedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
