@@ -195,7 +195,7 @@ def build_projections(settings: Settings, app: MarketLedger) -> ProjectionManage
     if module == "eventsourcing.postgres":
         conninfo = postgres_conninfo(env, max(1, int(settings.connect_timeout_s)))
         schema = env.get("POSTGRES_SCHEMA", "public")
-        db = PostgresDatabase(conninfo, schema)
+        db = PostgresDatabase(conninfo, schema, check=app.guard.check)
         leases = PostgresLeases(conninfo, schema)
     elif module == "eventsourcing.sqlite":
         db = SqliteDatabase(env["SQLITE_DBNAME"])

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
+
+from ledger.domain.errors import Unavailable
 
 Row = tuple[Any, ...]
 
@@ -133,15 +135,27 @@ def _pg(sql: str) -> str:
 
 
 class PostgresDatabase:
-    """Projection tables in the event store's PostgreSQL schema, on a pool of their own."""
+    """Projection tables in the event store's PostgreSQL schema, on a pool of their own.
+
+    ``check`` (the event store guard's) is called before each transaction: it raises
+    ``Unavailable`` at once while the database is known to be down, instead of the pool
+    waiting out its timeout. A database that fails under a transaction is ``Unavailable``.
+    """
 
     dialect = "postgresql"
 
-    def __init__(self, conninfo: str, schema: str, pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        schema: str,
+        pool_size: int = 4,
+        check: Callable[[], None] | None = None,
+    ) -> None:
         from psycopg_pool import ConnectionPool
 
         self.conninfo = conninfo
         self.schema = schema
+        self._check = check
         self.pool = ConnectionPool(
             conninfo,
             min_size=1,
@@ -153,8 +167,16 @@ class PostgresDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            yield _PostgresTx(cursor)
+        import psycopg
+        import psycopg_pool
+
+        if self._check is not None:
+            self._check()
+        try:
+            with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                yield _PostgresTx(cursor)
+        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as e:
+            raise Unavailable(f"the projection store is unavailable: {e}") from e
 
     def close(self) -> None:
         self.pool.close()
