@@ -422,11 +422,13 @@ class ProjectionManager:
         while not stop.is_set():
             try:
                 advanced = self.run_once()
+                if not advanced:
+                    self.drop_retired()
             except Exception:
+                # E.g. the database is down: try again shortly; the runner must not die.
                 advanced = 0
                 stop.wait(0.5)
             if not advanced:
-                self.drop_retired()
                 self._wake.wait(idle_s)
                 self._wake.clear()
 
