@@ -110,16 +110,15 @@ class SqliteTable:
 
 
 class PostgresTable:
-    def __init__(self, server_url: str, schema: str) -> None:
+    def __init__(self, server_url: str, schema: str, db: psycopg.Connection[Any]) -> None:
         self.url = f"{server_url}?schema={schema}"
-        self._server_url = server_url
         self._schema = schema
+        self._db = db
 
     def _run(self, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
         query = SQL(statement).format(events=Identifier(self._schema, "marketledger_events"))
-        with psycopg.connect(self._server_url, autocommit=True) as db:
-            cursor = db.execute(query, params)
-            return cursor.fetchall() if cursor.description else []
+        cursor = self._db.execute(query, params)
+        return cursor.fetchall() if cursor.description else []
 
     def rows(self) -> list[Row]:
         found = self._run(
@@ -146,8 +145,7 @@ class PostgresTable:
         statement = SQL("UPDATE {} SET signature = %s WHERE position = %s").format(
             Identifier(self._schema, "audit_checkpoints")
         )
-        with psycopg.connect(self._server_url, autocommit=True) as db:
-            db.execute(statement, (signature, position))
+        self._db.execute(statement, (signature, position))
 
 
 @dataclass(frozen=True)
@@ -222,31 +220,33 @@ def postgres_template(
     checkpoints = build_template(
         Settings(database_url=f"{postgres_url}?schema={original}"), directory / "public.key"
     )
-    with psycopg.connect(postgres_url, autocommit=True) as db:
-        tables = [
-            name
-            for (name,) in db.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (original,)
-            ).fetchall()
-        ]
+    db = psycopg.connect(postgres_url, autocommit=True)
+    tables = [
+        name
+        for (name,) in db.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (original,)
+        ).fetchall()
+    ]
     copies = iter(range(10_000))
     schemas = [original]
 
     def make_copy() -> Table:
         schema = f"{prefix}_{next(copies)}"
         schemas.append(schema)
-        with psycopg.connect(postgres_url) as db, db.transaction():
+        with db.transaction():
             db.execute(SQL("CREATE SCHEMA {}").format(Identifier(schema)))
             for table in tables:
                 copy, source = Identifier(schema, table), Identifier(original, table)
                 db.execute(SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(copy, source))
                 db.execute(SQL("INSERT INTO {} SELECT * FROM {}").format(copy, source))
-        return PostgresTable(postgres_url, schema)
+        return PostgresTable(postgres_url, schema, db)
 
-    yield Template(make_copy, directory / "public.key", checkpoints)
-    with psycopg.connect(postgres_url, autocommit=True) as db:
+    try:
+        yield Template(make_copy, directory / "public.key", checkpoints)
+    finally:
         for schema in schemas:
             db.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
+        db.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
