@@ -1,7 +1,9 @@
 """A small SQL adapter for projection tables, on the event store's own database.
 
 SQL is written once with ``?`` placeholders; the PostgreSQL adapter rewrites them. Each
-transaction commits as a whole or not at all.
+transaction commits as a whole or not at all. Folds write a batch of rows at a time:
+``insert_rows`` is a ``COPY`` on PostgreSQL and ``update_rows`` one ``UPDATE ... FROM
+(VALUES ...)``, several times faster there than a statement per row.
 """
 
 from __future__ import annotations
@@ -24,6 +26,45 @@ class Tx(Protocol):
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+
+class WriteTx(Tx, Protocol):
+    """A transaction of the projection database, with its bulk writes."""
+
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Inserts rows (values in the order of ``columns``) into ``table``."""
+
+    def update_rows(
+        self,
+        table: str,
+        keys: Sequence[str],
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        where: str = "",
+        add: bool = False,
+    ) -> None:
+        """For each row (the values of ``keys``, then of ``columns``), sets ``columns`` of
+        the rows of ``table`` whose ``keys`` have those values, or with ``add`` increases
+        them by the values. ``where`` further limits the rows changed (a condition on
+        ``table``'s columns). Each key must appear in one row at most: the updates of a
+        batch are taken as a whole, not one after the other."""
+
+
+def _unique_keys(keys: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    if len({tuple(row[: len(keys)]) for row in rows}) != len(rows):
+        raise ValueError(f"update_rows: a key of ({', '.join(keys)}) appears in two rows")
+
+
+def _update_sql(
+    keys: Sequence[str], columns: Sequence[str], where: str, add: bool
+) -> tuple[str, str]:
+    """The SET list and the WHERE clause of one row's UPDATE, with ``?`` for its values."""
+    sets = ", ".join(f"{c} = {c} + ?" if add else f"{c} = ?" for c in columns)
+    matches = " AND ".join([*(f"{k} = ?" for k in keys), *([where] if where else [])])
+    return sets, matches
 
 
 class Database(Protocol):
@@ -49,6 +90,35 @@ class _SqliteTx:
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return list(self._conn.execute(sql, params).fetchall())
+
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if rows:
+            marks = ",".join("?" * len(columns))
+            self._conn.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows
+            )
+
+    def update_rows(
+        self,
+        table: str,
+        keys: Sequence[str],
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        where: str = "",
+        add: bool = False,
+    ) -> None:
+        if not rows:
+            return
+        _unique_keys(keys, rows)
+        sets, matches = _update_sql(keys, columns, where, add)
+        width = len(keys)
+        self._conn.executemany(
+            f"UPDATE {table} SET {sets} WHERE {matches}",
+            [(*row[width:], *row[:width]) for row in rows],
+        )
 
 
 class SqliteDatabase:
@@ -85,7 +155,7 @@ class SqliteDatabase:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
+    def transaction(self) -> Iterator[WriteTx]:
         conn = self._connection()
         lock = self._shared_lock if self._shared is not None else None
         if lock is not None:
@@ -128,6 +198,61 @@ class _PostgresTx:
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         self._cursor.execute(_pg(sql), params)
         return list(self._cursor.fetchall())
+
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if not rows:
+            return
+        with self._cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            write = copy.write_row
+            for row in rows:
+                write(row)
+
+    def update_rows(
+        self,
+        table: str,
+        keys: Sequence[str],
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        where: str = "",
+        add: bool = False,
+    ) -> None:
+        if not rows:
+            return
+        _unique_keys(keys, rows)
+        if any(None in row for row in rows):
+            # A column of NULLs in VALUES would be typed text, whatever the column's type.
+            sets, matches = _update_sql(keys, columns, where, add)
+            width = len(keys)
+            self.executemany(
+                f"UPDATE {table} SET {sets} WHERE {matches}",
+                [(*row[width:], *row[:width]) for row in rows],
+            )
+            return
+        # The values' columns are named apart from the table's, so that ``where`` may
+        # name the table's columns unqualified.
+        names = [*(f"k{i}" for i in range(len(keys))), *(f"c{i}" for i in range(len(columns)))]
+        sets = ", ".join(
+            f"{c} = {table}.{c} + v.c{i}" if add else f"{c} = v.c{i}" for i, c in enumerate(columns)
+        )
+        matches = " AND ".join(
+            [*(f"{table}.{k} = v.k{i}" for i, k in enumerate(keys)), *([where] if where else [])]
+        )
+        row_marks = "(" + ",".join(["%s"] * len(names)) + ")"
+        chunk = _MAX_PARAMETERS // len(names)
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            self._cursor.execute(
+                f"UPDATE {table} SET {sets} FROM (VALUES {','.join([row_marks] * len(part))}) "
+                f"AS v({', '.join(names)}) WHERE {matches}",
+                [value for row in part for value in row],
+            )
+
+
+# The most parameters one PostgreSQL statement may carry.
+_MAX_PARAMETERS = 65535
 
 
 def _pg(sql: str) -> str:
