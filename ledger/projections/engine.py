@@ -5,6 +5,10 @@ A batch of events and the generation's tracking position are written in one tran
 and the position only moves by compare-and-set, so no event is ever applied twice, even
 when two workers race. A rebuild builds a new generation beside the live one; reads move
 to it atomically once it has caught up with the head of the log.
+
+Generations at the same position (every one during a rebuild of all projections, and
+every live one at the head) share one read and decoding of the log; each still applies
+it in its own transaction, so one that fails or loses a race holds no other back.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
 
 from ledger.application.events import CanonicalEvent, EventLog
-from ledger.projections.db import Database, Tx
+from ledger.projections.db import Database, Tx, WriteTx
 from ledger.projections.leases import AlwaysHeld, Leases, lock_key
 
 LIVE = "LIVE"
@@ -67,8 +71,9 @@ class Projection(Protocol):
     def create(self, tx: Tx, t: Tables) -> None:
         """Creates the generation's tables and indexes."""
 
-    def apply(self, tx: Tx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
-        """Folds a batch of events, in log order, into the tables."""
+    def apply(self, tx: WriteTx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
+        """Folds a batch of events, in log order, into the tables (without changing the
+        events, which other projections fold too)."""
 
     def tables(self) -> Sequence[str]:
         """The table names (without prefix), for digests and for dropping retired ones."""
@@ -297,6 +302,10 @@ class ProjectionManager:
         exactly before the failing event, which is reported and retried after a fix.
         """
         events, last = self.log.read(gen.position, self.batch_size)
+        return self._advance(gen, events, last)
+
+    def _advance(self, gen: Generation, events: Sequence[CanonicalEvent], last: int) -> int:
+        """Applies the events read after the generation's position, up to ``last``."""
         if last == gen.position:
             return 0
         try:
@@ -393,17 +402,29 @@ class ProjectionManager:
             )
 
     def run_once(self) -> int:
-        """One batch for every generation that is not failed or retired."""
-        advanced = 0
+        """One batch for every generation that is not failed or retired: read once for
+        all the generations at one position, applied by each in a transaction of its own."""
+        at: dict[int, list[Generation]] = {}
         for gen in self.generations():
             if gen.state in (FAILED, RETIRED) or gen.name not in self.projections:
                 continue
             if not self.leases.held(gen.name):
                 continue
-            try:
-                advanced += self.step(gen)
-            except ProjectionFailed:
-                continue
+            at.setdefault(gen.position, []).append(gen)
+        positions = sorted(at)
+        advanced = 0
+        for i, position in enumerate(positions):
+            # Generations behind the next ones read no further than where those are, so
+            # that from there on they share their reads.
+            stop = positions[i + 1] if i + 1 < len(positions) else None
+            events, last = self.log.read(position, self.batch_size, stop)
+            if last == position and stop is not None:
+                events, last = self.log.read(position, self.batch_size)
+            for gen in at[position]:
+                try:
+                    advanced += self._advance(gen, events, last)
+                except ProjectionFailed:
+                    continue
         return advanced
 
     def catch_up(self, timeout_s: float = 60.0) -> None:
