@@ -1,12 +1,11 @@
-"""Reads of the event store's own table for auditors: the canonical events of
-``EventLog.read``, equal to them value for value, several times faster.
+"""Reads of the event store for auditors: the business log as ``EventLog.read`` gives
+it, and read-only transactions on the tables beside it (the kept chain, checkpoints).
 
-Replay, export and ``verify --database`` read the whole log, so the per-event cost
-matters: rows are fetched as plain tuples (SQLite on a read-only connection of its own,
-so readers never take the write lock), markers are left out by the query, and a stored
-state whose payload holds no tagged value (the common case) becomes its canonical event
-without the generic conversion. Any row outside that case goes through
-``canonical_event`` itself, so the general rules live in one place.
+Replay, export and ``verify --database`` read the whole log while the server writes:
+SQLite is read on read-only connections of their own (in WAL mode readers neither wait
+for writers nor hold them up, and take no write lock for the chain's tables), markers
+are left out by the query, and a row that has no canonical form is reported with its
+position. Rows are decoded by ``canonical_rows``, the log's one decoder.
 """
 
 from __future__ import annotations
@@ -20,28 +19,16 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from uuid import UUID
 
-import orjson
-from eventsourcing.persistence import Notification
-
-from ledger.application.events import (
-    EVENT_TOPICS,
-    SKIPPED_TOPICS,
-    CanonicalEvent,
-    EventLog,
-    canonical_event,
-    utc_text,
-)
+from ledger.application.events import SKIPPED_TOPICS, CanonicalEvent, EventLog, canonical_rows
 from ledger.domain.errors import Unavailable
 from ledger.projections.db import Database, Tx
 
 _HEX_ID: Final = re.compile(r"[0-9a-f]{32}")
-_TAG: Final = b'"_type_"'
-# Every stored state tags exactly these two envelope members (timestamp, effective_at).
-_ENVELOPE_TAGS: Final = 2
 _SKIPPED: Final = tuple(sorted(SKIPPED_TOPICS))
 CACHE_KIB: Final = 256
+_DECODE_ERRORS: Final = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
-# (position, originator id as stored, originator version, topic, state)
+# (position, aggregate id as a canonical UUID text, aggregate version, topic, state)
 Row = tuple[int, str, int, str, bytes]
 
 
@@ -104,90 +91,18 @@ class StoredEventReader:
 
 
 def decode_rows(rows: Sequence[Row]) -> list[CanonicalEvent]:
-    """Returns the canonical events of stored rows, in order; raises ``UndecodableEvent``
-    at the first row that has none."""
-    events: list[CanonicalEvent] = []
-    append = events.append
-    topics = EVENT_TOPICS
-    loads = orjson.loads
-    hex_id = _HEX_ID.fullmatch
-    for position, originator_id, version, topic, state in rows:
-        kinds = topics.get(topic)
-        try:
-            if kinds is None:
-                if topic in SKIPPED_TOPICS:
-                    continue
-                raise ValueError(f"unknown event topic {topic!r}")
-            data = loads(state)
-            stamp = data.pop("timestamp")
-            effective = data.pop("effective_at")
-            # The fast path holds only when the two envelope tags are the state's only
-            # ones; anything else is converted by the generic rules.
-            if (
-                type(stamp) is not dict
-                or type(effective) is not dict
-                or stamp.get("_type_") != "datetime_iso"
-                or effective.get("_type_") != "datetime_iso"
-                or (state.count(_TAG) != _ENVELOPE_TAGS and not _untag_top_level(data, state))
-                or hex_id(originator_id) is None
-            ):
-                append(_generic(position, originator_id, version, topic, state))
-                continue
-            data.pop("originator_topic", None)
-            append(
-                {
-                    "position": position,
-                    "aggregate_id": f"{originator_id[:8]}-{originator_id[8:12]}-"
-                    f"{originator_id[12:16]}-{originator_id[16:20]}-{originator_id[20:]}",
-                    "aggregate_type": kinds[1],
-                    "version": version,
-                    "type": kinds[0],
-                    "recorded_at": utc_text(stamp["_data_"]),
-                    "effective_at": utc_text(effective["_data_"]),
-                    "actor": data.pop("actor"),
-                    "role": data.pop("role"),
-                    "request_id": data.pop("request_id"),
-                    "payload": data,
-                }
-            )
-        except UndecodableEvent:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
-            reason = f"{type(error).__name__}: {error}"
-            raise UndecodableEvent(
-                position, f"the stored event has no canonical form ({reason})"
-            ) from error
-    return events
-
-
-def _untag_top_level(payload: dict[str, Any], state: bytes) -> bool:
-    """Replaces tagged times and ids at the payload's top level by their text; True if
-    those were all the payload's tags (else the caller converts the state generically)."""
-    expected = state.count(_TAG) - _ENVELOPE_TAGS
-    found = 0
-    for key, value in list(payload.items()):
-        if type(value) is dict and "_type_" in value:
-            tag = value["_type_"]
-            if tag == "datetime_iso":
-                payload[key] = utc_text(value["_data_"])
-            elif tag == "uuid_hex":
-                data = value["_data_"]
-                payload[key] = f"{data[:8]}-{data[8:12]}-{data[12:16]}-{data[16:20]}-{data[20:]}"
-            else:
-                return False
-            found += 1
-    return found == expected
-
-
-def _generic(position: int, originator_id: str, version: int, topic: str, state: bytes) -> Any:
-    notification = Notification(
-        id=position,
-        originator_id=UUID(originator_id),
-        originator_version=version,
-        topic=topic,
-        state=state,
-    )
-    return canonical_event(notification)
+    """Returns the canonical events of stored rows, in order (``canonical_rows``); raises
+    ``UndecodableEvent`` naming the first row that has none."""
+    try:
+        return canonical_rows(rows)
+    except _DECODE_ERRORS:
+        for row in rows:
+            try:
+                canonical_rows([row])
+            except _DECODE_ERRORS as error:
+                reason = f"the stored event has no canonical form ({type(error).__name__}: {error})"
+                raise UndecodableEvent(row[0], reason) from error
+        raise
 
 
 class _RowSource(Protocol):
@@ -243,12 +158,23 @@ class SqliteRows:
     def fetch(self, after: int, limit: int, stop: int | None) -> list[Row]:
         upper = MAX_POSITION if stop is None else stop
         try:
-            rows: list[Row] = (
+            stored: list[Row] = (
                 self._connection().execute(self._query, (after, upper, *_SKIPPED, limit)).fetchall()
             )
         except sqlite3.OperationalError as error:
             raise Unavailable(f"the event store cannot be read: {error}") from error
-        return rows
+        hex_id = _HEX_ID.fullmatch
+        # The library stores ids as 32 lowercase hex digits.
+        return [
+            (
+                p,
+                f"{o[:8]}-{o[8:12]}-{o[12:16]}-{o[16:20]}-{o[20:]}" if hex_id(o) else _uuid(p, o),
+                v,
+                t,
+                s,
+            )
+            for p, o, v, t, s in stored
+        ]
 
     @contextmanager
     def snapshot(self) -> Iterator[Tx]:
@@ -264,6 +190,15 @@ class SqliteRows:
             raise Unavailable(f"the store cannot be read: {error}") from error
 
 
+def _uuid(position: int, stored: str) -> str:
+    try:
+        return str(UUID(stored))
+    except ValueError as error:
+        raise UndecodableEvent(
+            position, f"the stored aggregate id {stored!r} is no UUID"
+        ) from error
+
+
 class PostgresRows:
     """Business rows of a PostgreSQL store, on the projection database's pool."""
 
@@ -271,7 +206,7 @@ class PostgresRows:
         self._db = db
         skipped = ",".join("?" * len(_SKIPPED))
         self._query = (
-            "SELECT notification_id, replace(originator_id::text, '-', ''), "  # noqa: S608 (the library's table name)
+            "SELECT notification_id, originator_id::text, "  # noqa: S608 (the library's table name)
             f"originator_version, topic, state FROM {table} "
             f"WHERE notification_id > ? AND notification_id <= ? AND topic NOT IN ({skipped}) "
             "ORDER BY notification_id LIMIT ?"

@@ -308,7 +308,7 @@ def _an_event() -> dict[str, Any]:
 
 def rows_of(market: Market) -> list[tuple[int, str, int, str, bytes]]:
     return [
-        (n.id, uuid.UUID(str(n.originator_id)).hex, n.originator_version, n.topic, n.state)
+        (n.id, str(n.originator_id), n.originator_version, n.topic, n.state)
         for n in market.app.recorder.select_notifications(1, 100_000)
     ]
 
@@ -345,8 +345,6 @@ def test_rows_outside_the_fast_path_decode_by_the_generic_rules(market: Market) 
     for name, variant in variants.items():
         row = (position, originator, version, topic, orjson.dumps(variant))
         assert decode_rows([row]) == reference([row]), name
-    upper = (position, originator.upper(), version, topic, state)
-    assert decode_rows([upper]) == reference([upper])
 
 
 @pytest.mark.parametrize(
