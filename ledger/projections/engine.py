@@ -8,7 +8,9 @@ to it atomically once it has caught up with the head of the log.
 
 Generations at the same position (every one during a rebuild of all projections, and
 every live one at the head) share one read and decoding of the log; each still applies
-it in its own transaction, so one that fails or loses a race holds no other back.
+it in its own transaction, so one that fails or loses a race holds no other back. On
+PostgreSQL they apply it side by side, each on a connection of its own, since most of a
+fold's time is the server's; and while a long catch-up folds one batch, the next is read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -146,10 +149,11 @@ class ProjectionManager:
         db: Database,
         log: EventLog,
         projections: Sequence[Projection],
-        batch_size: int = 2000,
+        batch_size: int = 10_000,
         clock: Callable[[], float] = time.time,
         leases: Leases | None = None,
         retire_grace_s: float = 5.0,
+        workers: int | None = None,
     ) -> None:
         self.db = db
         self.leases: Leases = leases or AlwaysHeld()
@@ -166,6 +170,14 @@ class ProjectionManager:
         self._live_cache: dict[str, tuple[float, Generation]] = {}
         # Positions this process has applied, per (name, generation), newest first known.
         self._applied: dict[tuple[str, int], int] = {}
+        # How many generations apply a shared batch at once: SQLite has one writer at a
+        # time; PostgreSQL's pool also serves the readers, so the folds leave them room.
+        self.workers = workers if workers is not None else (2 if db.dialect == "postgresql" else 1)
+        self._folders: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._threads_lock = threading.Lock()
+        # The batch being read ahead: (after, limit, its read).
+        self._ahead: tuple[int, int, Future[tuple[list[CanonicalEvent], int]]] | None = None
 
     # --- registry -------------------------------------------------------------------
 
@@ -301,8 +313,29 @@ class ProjectionManager:
         If the batch fails, its events are applied one by one, so the generation stops
         exactly before the failing event, which is reported and retried after a fix.
         """
-        events, last = self.log.read(gen.position, self.batch_size)
+        events, last = self._read(gen.position)
         return self._advance(gen, events, last)
+
+    def _read(self, position: int, stop: int | None = None) -> tuple[list[CanonicalEvent], int]:
+        """The batch after ``position``; after a full batch, the next one is read ahead
+        (only ever one), so that it is ready when this one has been applied."""
+        limit = self.batch_size
+        with self._threads_lock:
+            ahead = self._ahead
+            if stop is None and ahead is not None and ahead[:2] == (position, limit):
+                self._ahead = None
+            else:
+                ahead = None
+        if ahead is not None:
+            events, last = ahead[2].result()
+        else:
+            events, last = self.log.read(position, limit, stop)
+        if stop is None and last - position >= limit:
+            with self._threads_lock:
+                if self._reader is None:
+                    self._reader = ThreadPoolExecutor(1, thread_name_prefix="projections-read")
+                self._ahead = (last, limit, self._reader.submit(self.log.read, last, limit))
+        return events, last
 
     def _advance(self, gen: Generation, events: Sequence[CanonicalEvent], last: int) -> int:
         """Applies the events read after the generation's position, up to ``last``."""
@@ -313,7 +346,7 @@ class ProjectionManager:
         except _LostRace:
             return 0
         except ProjectionFailed:
-            advanced = self._commit_singly(gen, events, last)
+            advanced = self._commit_in_parts(gen, events, last)
         if advanced:
             self._applied[(gen.name, gen.generation)] = gen.position + advanced
             self._track_rate(gen, gen.position + advanced)
@@ -321,18 +354,25 @@ class ProjectionManager:
                 self._progress.notify_all()
         return advanced
 
-    def _commit_singly(self, gen: Generation, events: Sequence[CanonicalEvent], last: int) -> int:
+    def _commit_in_parts(self, gen: Generation, events: Sequence[CanonicalEvent], last: int) -> int:
+        """Applies a batch that failed as a whole in halves, failing halves in halves
+        again, down to the failing event: the generation stops exactly before it, after
+        a few transactions rather than one per event."""
         position = gen.position
-        for i, event in enumerate(events):
-            upto = last if i == len(events) - 1 else int(event["position"])
+        parts = _halves(events, last) if len(events) > 1 else [(events, last)]
+        while parts:
+            part, upto = parts.pop()
             current = self.generation(gen.name, gen.generation)
             if current.position != position:
                 break  # another worker moved it meanwhile; it owns these events now
             try:
-                self._commit(current, [event], upto)
+                self._commit(current, part, upto)
             except _LostRace:
                 break
             except ProjectionFailed as failed:
+                if len(part) > 1:
+                    parts += _halves(part, upto)
+                    continue
                 self._fail(current, failed)
                 raise
             position = upto
@@ -417,15 +457,41 @@ class ProjectionManager:
             # Generations behind the next ones read no further than where those are, so
             # that from there on they share their reads.
             stop = positions[i + 1] if i + 1 < len(positions) else None
-            events, last = self.log.read(position, self.batch_size, stop)
+            events, last = self._read(position, stop)
             if last == position and stop is not None:
-                events, last = self.log.read(position, self.batch_size)
-            for gen in at[position]:
-                try:
-                    advanced += self._advance(gen, events, last)
-                except ProjectionFailed:
-                    continue
+                events, last = self._read(position)
+            advanced += self._apply_all(at[position], events, last)
         return advanced
+
+    def _apply_all(
+        self, gens: Sequence[Generation], events: Sequence[CanonicalEvent], last: int
+    ) -> int:
+        """Applies one batch to each generation. A projection's failure is recorded and
+        skipped; an error of the database is raised once every generation has had its
+        turn, so that none is held back by another's."""
+
+        def advance(gen: Generation) -> int | Exception:
+            try:
+                return self._advance(gen, events, last)
+            except ProjectionFailed:
+                return 0
+            except Exception as error:
+                return error
+
+        if self.workers < 2 or len(gens) < 2 or last == gens[0].position:
+            outcomes = [advance(gen) for gen in gens]
+        else:
+            with self._threads_lock:
+                if self._folders is None:
+                    self._folders = ThreadPoolExecutor(
+                        self.workers, thread_name_prefix="projections"
+                    )
+                folders = self._folders
+            outcomes = [f.result() for f in [folders.submit(advance, gen) for gen in gens]]
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+        return sum(o for o in outcomes if isinstance(o, int))
 
     def catch_up(self, timeout_s: float = 60.0) -> None:
         """Runs batches until every active generation reaches the head (tests, CLI)."""
@@ -559,6 +625,15 @@ class ProjectionManager:
                     digest.update(row)
                 digest.update(b"|")
         return digest.hexdigest()
+
+
+def _halves(
+    events: Sequence[CanonicalEvent], last: int
+) -> list[tuple[Sequence[CanonicalEvent], int]]:
+    """The two halves of a batch read up to ``last``, each with the position it reaches,
+    the first half last (the next to apply, taken from the end of a stack)."""
+    middle = len(events) // 2
+    return [(events[middle:], last), (events[:middle], int(events[middle - 1]["position"]))]
 
 
 def _generation(row: Sequence[Any]) -> Generation:
