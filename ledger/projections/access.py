@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ledger.application.events import CanonicalEvent
-from ledger.projections.db import Tx
+from ledger.projections.db import Tx, WriteTx
 from ledger.projections.engine import Tables
 
 GRANTS = "grants"
@@ -77,7 +77,7 @@ class Decision:
 
 class _Batch:
     """The changes of one batch. Rows created in it are changed in memory before they are
-    inserted; rows of earlier batches by one ``executemany`` per statement."""
+    inserted; rows of earlier batches by one bulk update per statement."""
 
     def __init__(self) -> None:
         self.grants: dict[str, list[Any]] = {}
@@ -137,7 +137,7 @@ class _Batch:
         if current is not None:
             current[_UNTIL_POSITION], current[_UNTIL_TIME] = position, at
         else:
-            self.close_states.append((position, at, grant_id))
+            self.close_states.append((grant_id, position, at))
         self._open(e, state, rule, reason)
 
     def _open(self, e: CanonicalEvent, state: str, rule: str, reason: str) -> None:
@@ -146,26 +146,27 @@ class _Batch:
         self.states.append(row)
         self.open_states[grant_id] = row
 
-    def write(self, tx: Tx, t: Tables) -> None:
+    def write(self, tx: WriteTx, t: Tables) -> None:
         # The UPDATEs only match rows of earlier batches and the INSERTs only add rows of
-        # this one, so the statements are independent of each other's order.
-        tx.executemany(
-            f"UPDATE {t(STATES)} SET until_position = ?, until_time = ? "
-            "WHERE grant_id = ? AND until_position IS NULL",
+        # this one, so the statements are independent of each other's order. A grant's
+        # state is closed here once at most: its next state is opened in this batch.
+        tx.update_rows(
+            t(STATES),
+            ("grant_id",),
+            ("until_position", "until_time"),
             self.close_states,
+            where="until_position IS NULL",
         )
-        tx.executemany(
-            f"UPDATE {t(GRANTS)} SET uses = uses + ?, units_used = units_used + ? "
-            "WHERE grant_id = ?",
-            [(count, units, grant_id) for grant_id, (count, units) in self.counters.items()],
+        tx.update_rows(
+            t(GRANTS),
+            ("grant_id",),
+            ("uses", "units_used"),
+            [(grant_id, count, units) for grant_id, (count, units) in self.counters.items()],
+            add=True,
         )
-        for table, columns, rows in (
-            (GRANTS, GRANT_COLUMNS, list(self.grants.values())),
-            (STATES, STATE_COLUMNS, self.states),
-            (USES, USE_COLUMNS, self.uses),
-        ):
-            marks = ",".join("?" * len(columns))
-            tx.executemany(f"INSERT INTO {t(table)} ({', '.join(columns)}) VALUES ({marks})", rows)
+        tx.insert_rows(t(GRANTS), GRANT_COLUMNS, list(self.grants.values()))
+        tx.insert_rows(t(STATES), STATE_COLUMNS, self.states)
+        tx.insert_rows(t(USES), USE_COLUMNS, self.uses)
 
 
 _HANDLERS = {
@@ -211,7 +212,7 @@ class Access:
             "units BIGINT NOT NULL, PRIMARY KEY (grant_id, position))"
         )
 
-    def apply(self, tx: Tx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
+    def apply(self, tx: WriteTx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
         batch = _Batch()
         for event in events:
             handler = _HANDLERS.get(event["type"])

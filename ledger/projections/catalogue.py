@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from ledger.application.events import CanonicalEvent
-from ledger.projections.db import Tx
+from ledger.projections.db import Tx, WriteTx
 from ledger.projections.engine import Tables
 
 # Which table and state each lifecycle event sets (the created events insert rows).
@@ -114,25 +114,48 @@ class Catalogue:
                         f"ON {t(table)} ({column}, position)"
                     )
 
-    def apply(self, tx: Tx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
+    def apply(self, tx: WriteTx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
+        # Rows created in this batch are changed in memory before they are inserted; rows
+        # of earlier batches take the last value each event of the batch gave them.
+        created: dict[str, list[list[Any]]] = {table: [] for table in COLUMNS}
+        rows: dict[tuple[str, str], list[Any]] = {}
+        changed: dict[tuple[str, str], dict[str, str]] = {}
         for event in events:
             kind = event["type"]
-            created = CREATIONS.get(kind)
-            if created is not None:
-                table, values = created
-                row = (event["aggregate_id"], *values(event), event["position"])
-                marks = ",".join("?" * len(row))
-                tx.execute(f"INSERT INTO {t(table)} VALUES ({marks})", row)
-            elif kind in STATE_CHANGES:
+            aggregate_id = event["aggregate_id"]
+            creation = CREATIONS.get(kind)
+            if creation is not None:
+                table, values = creation
+                row = [aggregate_id, *values(event), event["position"]]
+                created[table].append(row)
+                rows.setdefault((table, aggregate_id), row)
+                continue
+            if kind in STATE_CHANGES:
                 table, state = STATE_CHANGES[kind]
-                tx.execute(
-                    f"UPDATE {t(table)} SET state = ? WHERE id = ?", (state, event["aggregate_id"])
-                )
+                column, value = "state", state
             elif kind == "ListingReclassified":
-                tx.execute(
-                    f"UPDATE {t('listings')} SET classification = ? WHERE id = ?",
-                    (event["payload"]["classification"], event["aggregate_id"]),
-                )
+                table, column = "listings", "classification"
+                value = event["payload"]["classification"]
+            else:
+                continue
+            existing = rows.get((table, aggregate_id))
+            if existing is not None:
+                existing[_COLUMN_INDEX[table][column]] = value
+            else:
+                changed.setdefault((table, column), {})[aggregate_id] = value
+        for table, columns in COLUMNS.items():
+            tx.insert_rows(t(table), ("id", *columns, "state", "position"), created[table])
+        for (table, column), by_id in changed.items():
+            # A change before its row was created in this batch found no row to change.
+            earlier = [(i, v) for i, v in by_id.items() if (table, i) not in rows]
+            tx.update_rows(t(table), ("id",), (column,), earlier)
+
+
+# Where each column sits in a row of its table (id first, then the columns, state, position).
+_COLUMN_INDEX: dict[str, dict[str, int]] = {
+    table: {c: i for i, c in enumerate(("id", *columns, "state", "position"))}
+    for table, columns in COLUMNS.items()
+}
 
 
 def list_ids(

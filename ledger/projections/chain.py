@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from ledger.application.events import CanonicalEvent
 from ledger.audit.chain import GENESIS, ChainBuilder
-from ledger.projections.db import Tx
+from ledger.projections.db import Tx, WriteTx
 from ledger.projections.engine import Tables
 
 
@@ -28,7 +28,7 @@ class AuditChain:
             "(position BIGINT PRIMARY KEY, chain_hash TEXT NOT NULL)"
         )
 
-    def apply(self, tx: Tx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
+    def apply(self, tx: WriteTx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
         if not events:
             return
         last = tx.fetchone(
@@ -37,10 +37,7 @@ class AuditChain:
         builder = (
             ChainBuilder() if last is None else ChainBuilder(bytes.fromhex(last[1]), int(last[0]))
         )
-        tx.executemany(
-            f"INSERT INTO {t('links')} (position, chain_hash) VALUES (?, ?)",
-            list(builder.fold(events)),
-        )
+        tx.insert_rows(t("links"), ("position", "chain_hash"), list(builder.fold(events)))
 
 
 def chain_hashes(tx: Tx, t: Tables, first: int, last: int) -> dict[int, str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ledger.application.events import CanonicalEvent
-from ledger.projections.db import Tx
+from ledger.projections.db import Tx, WriteTx
 from ledger.projections.engine import Tables
 
 HOLDINGS = "holdings"
@@ -57,7 +57,7 @@ class Holding:
 
 class _Batch:
     """The changes of one batch: rows opened in it stay in memory (and are closed there)
-    until the batch is written, so one batch costs one ``executemany`` per statement."""
+    until the batch is written, so one batch costs one bulk write per statement."""
 
     def __init__(self) -> None:
         self.opened: list[list[Any]] = []
@@ -87,7 +87,7 @@ class _Batch:
             if current is not None:
                 _end([current], e)
             else:
-                self.close_exclusive.append((position, at, listing_id, right, p["from_id"]))
+                self.close_exclusive.append((listing_id, right, p["from_id"], position, at))
             row = _row(e, right, p["to_id"], p["trade_id"], 1, None, None)
             self.open(row)
             self.exclusive[(listing_id, right, p["to_id"])] = row
@@ -106,7 +106,7 @@ class _Batch:
         trade_id = e["payload"]["trade_id"]
         rows = self.licences.pop(trade_id, None)
         if rows is None:
-            self.end_licence.append((e["position"], e["recorded_at"], trade_id))
+            self.end_licence.append((trade_id, e["position"], e["recorded_at"]))
         else:
             _end(rows, e)
 
@@ -121,28 +121,42 @@ class _Batch:
             del self.licences[trade_id]
             _end(rows, e)
 
-    def write(self, tx: Tx, t: Tables) -> None:
+    def write(self, tx: WriteTx, t: Tables) -> None:
         table = t(HOLDINGS)
         # The UPDATEs only match rows of earlier batches, the INSERTs only add new ones:
-        # the two sets are disjoint, so their order does not matter.
+        # the two sets are disjoint, so their order does not matter. Each UPDATE only
+        # closes open rows, so of two for one key the second would change nothing.
+        ending = ("until_position", "until_time")
+        tx.update_rows(
+            table,
+            ("listing_id", "right_name", "holder_id"),
+            ending,
+            _first_per_key(self.close_exclusive, 3),
+            where="exclusive = 1 AND until_position IS NULL",
+        )
+        tx.update_rows(
+            table,
+            ("via_trade_id",),
+            ending,
+            _first_per_key(self.end_licence, 1),
+            where="exclusive = 0 AND until_position IS NULL",
+        )
         tx.executemany(
             f"UPDATE {table} SET until_position = ?, until_time = ? "
-            "WHERE listing_id = ? AND right_name = ? AND holder_id = ? "
-            "AND exclusive = 1 AND until_position IS NULL",
-            self.close_exclusive,
-        )
-        ended = (
-            f"UPDATE {table} SET until_position = ?, until_time = ? "
-            "WHERE via_trade_id = ? AND exclusive = 0 AND until_position IS NULL"
-        )
-        tx.executemany(ended, self.end_licence)
-        tx.executemany(
-            f"{ended} AND NOT EXISTS (SELECT 1 FROM {table} o WHERE o.via_trade_id = ? "
+            "WHERE via_trade_id = ? AND exclusive = 0 AND until_position IS NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM {table} o WHERE o.via_trade_id = ? "
             f"AND o.exclusive = 0 AND o.right_name = '{OPERATE}')",
             self.cancel_licence,
         )
-        marks = ",".join("?" * len(COLUMNS))
-        tx.executemany(f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({marks})", self.opened)
+        tx.insert_rows(table, COLUMNS, self.opened)
+
+
+def _first_per_key(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    """The first row of each key (its first ``width`` values), in order."""
+    first: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in rows:
+        first.setdefault(row[:width], row)
+    return list(first.values())
 
 
 def _end(rows: list[list[Any]], e: CanonicalEvent) -> None:
@@ -205,7 +219,7 @@ class Ownership:
         # Licences are ended by their trade id alone (a cancelled trade names no listing).
         tx.execute(f"CREATE INDEX IF NOT EXISTS {table}_trade ON {table} (via_trade_id)")
 
-    def apply(self, tx: Tx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
+    def apply(self, tx: WriteTx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
         batch = _Batch()
         for event in events:
             handler = _HANDLERS.get(event["type"])
