@@ -42,5 +42,11 @@ protos-check: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ledger demo --address $(LEDGER_GRPC_ADDRESS)
 
+# Every scenario in quick mode on PostgreSQL, then those that also apply to the embedded
+# SQLite store; one JSON line per result (see docs/performance.md).
+bench: $(STAMP)
+	$(BIN)/ledger bench all --quick --backend postgres
+	$(BIN)/ledger bench rebuild verify append --quick --backend sqlite
+
 clean:
 	rm -rf $(VENV) node_modules var .pytest_cache .mypy_cache .ruff_cache

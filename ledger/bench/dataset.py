@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from ledger.application.app import MarketLedger
 from ledger.application.markers import entity_id
@@ -27,6 +28,7 @@ from ledger.domain.values import (
     Classification,
     Conveyance,
     DeliveryMode,
+    GrantState,
     Money,
     ParticipantRole,
     PartyIdentifier,
@@ -61,6 +63,46 @@ MODES = (
     DeliveryMode.SANDBOX,
     DeliveryMode.DATASET_DOWNLOAD,
 )
+# Histories start this long ago: acts of about 0.2 s apart fit ten million events into
+# three weeks, so recent grants (valid for 180 days) are still valid when a bench runs.
+HISTORY_START: Final = timedelta(days=60)
+GRANT_SAMPLE: Final = 5000
+
+
+@dataclass(frozen=True)
+class ListingRef:
+    """What a client needs to sell on a listing: its parties and its allowed terms."""
+
+    id: str
+    exchange_id: str
+    provider_id: str
+    scenarios: tuple[str, ...]
+    modes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GrantRef:
+    """One grant of a history, as a CheckAccess request asks about it."""
+
+    grantee_id: str
+    listing_id: str
+    exchange_id: str
+    mode: str
+    scenario: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class Market:
+    """The parties and listings of a generated market, and a uniform sample of its
+    grants (reservoir-sampled, at most ``GRANT_SAMPLE``)."""
+
+    events: int
+    exchanges: tuple[str, ...]
+    buyers: tuple[str, ...]
+    listings: tuple[ListingRef, ...]
+    grants: tuple[GrantRef, ...] = ()
+    grant_count: int = 0
 
 
 @dataclass
@@ -110,15 +152,57 @@ def _certify(world: _World, participant: Participant) -> None:
     )
 
 
+def _listing_ref(listing: Listing) -> ListingRef:
+    return ListingRef(
+        str(listing.id),
+        listing.exchange_id,
+        listing.provider_id,
+        tuple(sorted(listing.scenarios)),
+        tuple(sorted(m.name for m in listing.delivery_modes)),
+    )
+
+
+def setup_market(app: MarketLedger, seed: int, listings: int, buyers: int) -> Market:
+    """Writes a market ready to trade and nothing else: one certified exchange and
+    assessor, data holders, ``buyers`` buyers and ``listings`` approved listings, all on
+    that exchange (so that one venue's principal may sell on every one of them)."""
+    world = _World(random.Random(seed), datetime.now(tz=UTC) - timedelta(days=1))
+    exchange = _participant(world, "Data Exchange", frozenset({ParticipantRole.EXCHANGE}))
+    assessor = _participant(world, "Law Firm", frozenset({ParticipantRole.ASSESSOR}))
+    for certified in (exchange, assessor):
+        _certify(world, certified)
+    world.exchanges.append(exchange)
+    world.assessors.append(assessor)
+    for i in range(max(1, listings // 4)):
+        world.holders.append(
+            _participant(world, f"Data Holder {i}", frozenset({ParticipantRole.DATA_HOLDER}))
+        )
+    for i in range(buyers):
+        world.buyers.append(_participant(world, f"Buyer {i}", frozenset({ParticipantRole.BUYER})))
+    made = [_new_listing(world, lambda *_: None) for _ in range(listings)]
+    recordings = app.save(*world.exchanges, *world.assessors, *world.holders, *world.buyers, *made)
+    return Market(
+        len(recordings),
+        (str(exchange.id),),
+        tuple(str(b.id) for b in world.buyers),
+        tuple(_listing_ref(listing) for listing in made),
+    )
+
+
 def generate(
     app: MarketLedger,
     events: int,
     seed: int = 0,
     batch_events: int = 5000,
     progress: Callable[[int], None] | None = None,
-) -> int:
-    """Writes a market history of at least ``events`` stored events; returns the count."""
-    world = _World(random.Random(seed), datetime.now(tz=UTC) - timedelta(days=400))
+) -> Market:
+    """Writes a market history of at least ``events`` stored events; returns its parties,
+    listings and a sample of its grants."""
+    world = _World(random.Random(seed), datetime.now(tz=UTC) - HISTORY_START)
+    # The sample has a generator of its own, so that sampling leaves the history as it is.
+    sampler = random.Random(f"grants/{seed}")
+    sample: list[GrantRef] = []
+    grants = 0
     pending: dict[uuid.UUID, LedgerAggregate] = {}
     written = 0
 
@@ -207,8 +291,30 @@ def generate(
         if rng.random() < 0.05:
             grant.revoke(RevocationReason.CONTRACT_TERMINATED, "", world.act())
         touch(trade, grant, listing, buyer)
+        grants += 1
+        slot = grants - 1 if grants <= GRANT_SAMPLE else sampler.randrange(grants)
+        if slot < GRANT_SAMPLE:
+            ref = GrantRef(
+                str(buyer.id),
+                str(listing.id),
+                listing.exchange_id,
+                grant.delivery_mode.name,
+                grant.scenario,
+                grant.status is GrantState.ACTIVE,
+            )
+            if slot == len(sample):
+                sample.append(ref)
+            else:
+                sample[slot] = ref
     flush()
-    return written
+    return Market(
+        written,
+        tuple(str(e.id) for e in world.exchanges),
+        tuple(str(b.id) for b in world.buyers),
+        tuple(_listing_ref(listing) for listing in world.listings),
+        tuple(sample),
+        grants,
+    )
 
 
 def _count(pending: dict[uuid.UUID, LedgerAggregate]) -> int:

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,6 +17,35 @@ from rich.table import Table
 
 QUICK_EVENTS = 100_000
 FULL_EVENTS = 1_000_000
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+# How long one load run lasts at most, by mode; small data sets get shorter runs.
+QUICK_WINDOW_S = 8.0
+FULL_WINDOW_S = 30.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a scenario runs: the store's backend, the data set's size and seed, whether a
+    terminal shows progress, and whether this is the quick mode."""
+
+    backend: str
+    events: int
+    seed: int = 0
+    progress: bool = False
+    quick: bool = True
+    postgres_url: str = DEFAULT_POSTGRES
+
+    @property
+    def window_s(self) -> float:
+        """The time bound of one load run: at most the mode's window, and about a
+        second per 10,000 events of the data set below that."""
+        cap = QUICK_WINDOW_S if self.quick else FULL_WINDOW_S
+        return min(cap, max(1.0, self.events / 10_000))
+
+    @property
+    def catch_up_timeout_s(self) -> float:
+        """How long a server may take to bring its projections to the head."""
+        return max(300.0, self.events / 200)
 
 
 @dataclass(frozen=True)
@@ -40,42 +70,40 @@ class Result:
         return json.dumps(data, ensure_ascii=False)
 
 
-Scenario = Callable[[str, int, int, bool], Result]
+Scenario = Callable[[Options], Result]
 
-
-def missing(scenario: str, target: str) -> Scenario:
-    """A scenario whose feature is not built yet: it runs and reports met: false."""
-
-    def run(backend: str, events: int, seed: int, progress: bool) -> Result:
-        return Result(
-            scenario,
-            backend,
-            events,
-            0.0,
-            "events/s",
-            "not measured",
-            0.0,
-            0.0,
-            target,
-            False,
-            {"reason": "the feature this scenario measures is missing"},
-        )
-
-    return run
+NAMES = ("append", "ingest", "check", "rebuild", "replay", "verify", "memory")
 
 
 def scenarios() -> dict[str, Scenario]:
-    from ledger.bench import scenarios as s
+    from ledger.bench import memory, reads, scenarios, writes
 
     return {
-        "append": missing("append", ">= 1.0x raw Application.save() events/s"),
-        "ingest": missing("ingest", ">= 10,000 events/s and >= 0.25x raw batched insert"),
-        "check": missing("check", ">= 0.5x empty-call QPS; p99 <= 2x empty p99; p99 < 5 ms at 4"),
-        "rebuild": s.rebuild,
-        "replay": missing("replay", ">= 100,000 events/s streamed"),
-        "verify": s.verify,
-        "memory": missing("memory", "peak RSS < 300 MB, flat in N"),
+        "append": writes.append,
+        "ingest": writes.ingest,
+        "check": reads.check,
+        "rebuild": scenarios.rebuild,
+        "replay": reads.replay,
+        "verify": scenarios.verify,
+        "memory": memory.memory,
     }
+
+
+def failed(name: str, options: Options, error: BaseException) -> Result:
+    """The line of a scenario that could not run: nothing measured, target not met."""
+    return Result(
+        name,
+        options.backend,
+        options.events,
+        0.0,
+        "",
+        "not measured",
+        0.0,
+        0.0,
+        "",
+        False,
+        {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc(limit=3)},
+    )
 
 
 def summary(results: list[Result]) -> Table:
@@ -102,26 +130,53 @@ def add_parser(commands: Any) -> None:
         help="measure a scenario against its baseline",
         description="Runs a benchmark scenario; prints one JSON object per result.",
     )
-    parser.add_argument("scenario", choices=[*scenarios(), "all"])
+    parser.add_argument(
+        "scenario", nargs="+", choices=[*NAMES, "all"], help="one or more scenarios, or all"
+    )
     parser.add_argument("--backend", choices=("sqlite", "postgres"), default="postgres")
     parser.add_argument("--events", type=int, default=0, help="events in the data set")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_EVENTS:,} events")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_EVENTS:,} events (else {FULL_EVENTS:,}) and {QUICK_WINDOW_S:.0f} s load runs",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the data set's seed")
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES,
+        help="server for --backend postgres; each scenario uses a schema of its own",
+    )
     parser.set_defaults(run=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
-    backend = "postgresql" if args.backend == "postgres" else "sqlite"
-    chosen = scenarios() if args.scenario == "all" else {args.scenario: scenarios()[args.scenario]}
-    terminal = sys.stdout.isatty()
+def run(names: list[str], options: Options) -> list[Result]:
+    """Runs the scenarios in order, printing each one's JSON line as it ends; a scenario
+    that fails prints a line saying so and the others still run."""
+    every = scenarios()
+    chosen = list(NAMES) if "all" in names else list(dict.fromkeys(names))
     results = []
-    for scenario in chosen.values():
+    for name in chosen:
         started = time.perf_counter()
-        result = scenario(backend, events, args.seed, terminal)
+        try:
+            result = every[name](options)
+        except Exception as error:
+            result = failed(name, options, error)
         result.details["wall_s"] = round(time.perf_counter() - started, 1)
         print(result.line(), flush=True)
         results.append(result)
-    if terminal:
+    return results
+
+
+def _run(args: argparse.Namespace) -> int:
+    options = Options(
+        backend="postgresql" if args.backend == "postgres" else "sqlite",
+        events=args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS),
+        seed=args.seed,
+        progress=sys.stdout.isatty(),
+        quick=args.quick,
+        postgres_url=args.postgres_url,
+    )
+    results = run(args.scenario, options)
+    if options.progress:
         Console().print(summary(results))
-    return 0
+    return 1 if any("error" in r.details for r in results) else 0

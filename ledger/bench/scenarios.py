@@ -14,7 +14,7 @@ from ledger.application.events import EventLog
 from ledger.audit.chain import ChainBuilder, export_line
 from ledger.audit.checkpoint import Ed25519Signer, sign_checkpoint
 from ledger.audit.verify import verify_export
-from ledger.bench.runner import Result
+from ledger.bench.runner import Options, Result
 from ledger.bench.stores import load, temporary_store
 from ledger.bootstrap import build_projections
 from ledger.projections.engine import ProjectionManager
@@ -49,10 +49,11 @@ def _catch_up_one(manager: ProjectionManager, name: str) -> float:
             return time.perf_counter() - started
 
 
-def rebuild(backend: str, events: int, seed: int, progress: bool) -> Result:
+def rebuild(options: Options) -> Result:
     """Rebuilds every projection from the whole log, next to a raw scan+decode of it."""
-    with temporary_store(backend) as settings:
-        app = load(settings, events, seed, progress)
+    backend = options.backend
+    with temporary_store(backend, options.postgres_url) as settings:
+        app = load(settings, options.events, options.seed, options.progress)
         head = EventLog(app.recorder).head()
         scanned, scan_s = _scan_decode(app.recorder, head)
         manager = build_projections(settings, app)
@@ -82,10 +83,14 @@ def rebuild(backend: str, events: int, seed: int, progress: bool) -> Result:
     )
 
 
-def verify(backend: str, events: int, seed: int, progress: bool) -> Result:
+def verify(options: Options) -> Result:
     """Verifies an export of the store offline, next to SHA-256 over the same bytes."""
-    with temporary_store(backend) as settings, tempfile.TemporaryDirectory() as directory:
-        app = load(settings, events, seed, progress)
+    backend = options.backend
+    with (
+        temporary_store(backend, options.postgres_url) as settings,
+        tempfile.TemporaryDirectory() as directory,
+    ):
+        app = load(settings, options.events, options.seed, options.progress)
         log = EventLog(app.recorder)
         path = Path(directory) / "export.jsonl"
         builder = ChainBuilder()

@@ -11,11 +11,10 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ledger.application.app import MarketLedger
-from ledger.bench.dataset import generate
+from ledger.bench.dataset import Market, generate
+from ledger.bench.runner import DEFAULT_POSTGRES
 from ledger.bootstrap import build_application
 from ledger.settings import Settings
-
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @contextmanager
@@ -38,6 +37,14 @@ def temporary_store(backend: str, postgres_url: str = DEFAULT_POSTGRES) -> Itera
 
 def load(settings: Settings, events: int, seed: int, show_progress: bool = True) -> MarketLedger:
     """Opens the store and writes a generated market of ``events`` events into it."""
+    return load_market(settings, events, seed, show_progress)[0]
+
+
+def load_market(
+    settings: Settings, events: int, seed: int, show_progress: bool = True
+) -> tuple[MarketLedger, Market]:
+    """Opens the store, writes a generated market of ``events`` events into it (with a
+    progress bar on a terminal) and returns the application and the market."""
     app = build_application(settings)
     with Progress(
         TextColumn("[bold]loading market"),
@@ -48,5 +55,5 @@ def load(settings: Settings, events: int, seed: int, show_progress: bool = True)
         transient=True,
     ) as progress:
         task = progress.add_task("load", total=events)
-        generate(app, events, seed, progress=lambda n: progress.update(task, completed=n))
-    return app
+        market = generate(app, events, seed, progress=lambda n: progress.update(task, completed=n))
+    return app, market

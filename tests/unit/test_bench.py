@@ -1,0 +1,62 @@
+"""Smoke test of ``ledger bench``: every scenario runs on a tiny data set and prints one
+valid JSON line with every field of a result. Nothing here asserts a speed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ledger import cli
+from ledger.bench.runner import NAMES
+
+pytestmark = pytest.mark.slow
+
+KEYS = {
+    "scenario",
+    "backend",
+    "events",
+    "value",
+    "unit",
+    "baseline",
+    "baseline_value",
+    "ratio",
+    "target",
+    "met",
+    "details",
+}
+TINY = ["--quick", "--events", "2000"]
+
+
+def results(output: str) -> list[dict[str, Any]]:
+    lines = [line for line in output.splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]
+    for result in parsed:
+        assert result.keys() >= KEYS, result
+        assert isinstance(result["met"], bool)
+        assert isinstance(result["value"], int | float)
+        assert isinstance(result["baseline_value"], int | float)
+        assert "error" not in result["details"], result["details"]
+    return parsed
+
+
+@pytest.mark.postgres
+def test_every_scenario_runs_on_postgresql(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = cli.main(
+        ["bench", "all", "--backend", "postgres", "--postgres-url", postgres_url, *TINY]
+    )
+    printed = results(capsys.readouterr().out)
+    assert [r["scenario"] for r in printed] == list(NAMES)
+    assert {r["backend"] for r in printed} == {"postgresql"}
+    assert status == 0
+
+
+def test_the_sqlite_scenarios_run(capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["bench", "rebuild", "verify", "append", "--backend", "sqlite", *TINY])
+    printed = results(capsys.readouterr().out)
+    assert [r["scenario"] for r in printed] == ["rebuild", "verify", "append"]
+    assert {r["backend"] for r in printed} == {"sqlite"}
+    assert status == 0
