@@ -50,19 +50,25 @@ def _catch_up_one(manager: ProjectionManager, name: str) -> float:
 
 
 def rebuild(options: Options) -> Result:
-    """Rebuilds every projection from the whole log, next to a raw scan+decode of it."""
+    """Builds every projection from the whole log at once, as the engine catches up a
+    new store, next to a raw scan+decode of it; then rebuilds each one alone."""
     backend = options.backend
     with temporary_store(backend, options.postgres_url) as settings:
         app = load(settings, options.events, options.seed, options.progress)
         head = EventLog(app.recorder).head()
         scanned, scan_s = _scan_decode(app.recorder, head)
         manager = build_projections(settings, app)
-        per_projection = {name: _catch_up_one(manager, name) for name in manager.projections}
+        started = time.perf_counter()
+        manager.catch_up(timeout_s=options.catch_up_timeout_s)
+        together_s = time.perf_counter() - started
+        per_projection = {}
+        for name in manager.projections:
+            manager.rebuild(name)
+            per_projection[name] = _catch_up_one(manager, name)
         failed = [s.name for s in manager.status() if s.state == "FAILED"]
         manager.db.close()
         app.close()
-    total_s = sum(per_projection.values())
-    rate = head / total_s
+    rate = head / together_s
     baseline = scanned / scan_s
     ratio = rate / baseline
     return Result(
@@ -77,7 +83,8 @@ def rebuild(options: Options) -> Result:
         ">= 50,000 events/s and >= 0.3x baseline",
         rate >= 50_000 and ratio >= 0.3 and not failed,
         {
-            "projections": {k: round(head / v) for k, v in per_projection.items()},
+            "alone": {k: round(head / v) for k, v in per_projection.items()},
+            "one_after_another": round(head / sum(per_projection.values())),
             "failed": failed,
         },
     )
