@@ -3,7 +3,7 @@
 SQL is written once with ``?`` placeholders; the PostgreSQL adapter rewrites them. Each
 transaction commits as a whole or not at all. Folds write a batch of rows at a time:
 ``insert_rows`` is a ``COPY`` on PostgreSQL and ``update_rows`` one ``UPDATE ... FROM
-(VALUES ...)``, several times faster there than a statement per row.
+unnest(...)``, several times faster there than a statement per row.
 """
 
 from __future__ import annotations
@@ -222,8 +222,12 @@ class _PostgresTx:
         if not rows:
             return
         _unique_keys(keys, rows)
-        if any(None in row for row in rows):
-            # A column of NULLs in VALUES would be typed text, whatever the column's type.
+        values = list(zip(*rows, strict=True))
+        arrays = [
+            _ARRAY_TYPES.get(frozenset(map(type, column)) - {type(None)}) for column in values
+        ]
+        if None in arrays:
+            # A type an array of these values cannot be named for (or none at all).
             sets, matches = _update_sql(keys, columns, where, add)
             width = len(keys)
             self.executemany(
@@ -232,7 +236,8 @@ class _PostgresTx:
             )
             return
         # The values' columns are named apart from the table's, so that ``where`` may
-        # name the table's columns unqualified.
+        # name the table's columns unqualified. One array per column: a few parameters
+        # whatever the number of rows, dumped far faster than a parameter per value.
         names = [*(f"k{i}" for i in range(len(keys))), *(f"c{i}" for i in range(len(columns)))]
         sets = ", ".join(
             f"{c} = {table}.{c} + v.c{i}" if add else f"{c} = v.c{i}" for i, c in enumerate(columns)
@@ -240,19 +245,19 @@ class _PostgresTx:
         matches = " AND ".join(
             [*(f"{table}.{k} = v.k{i}" for i, k in enumerate(keys)), *([where] if where else [])]
         )
-        row_marks = "(" + ",".join(["%s"] * len(names)) + ")"
-        chunk = _MAX_PARAMETERS // len(names)
-        for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
-            self._cursor.execute(
-                f"UPDATE {table} SET {sets} FROM (VALUES {','.join([row_marks] * len(part))}) "
-                f"AS v({', '.join(names)}) WHERE {matches}",
-                [value for row in part for value in row],
-            )
+        unnest = ", ".join(f"%s::{array}" for array in arrays)
+        self._cursor.execute(
+            f"UPDATE {table} SET {sets} FROM unnest({unnest}) AS v({', '.join(names)}) "
+            f"WHERE {matches}",
+            [list(column) for column in values],
+        )
 
 
-# The most parameters one PostgreSQL statement may carry.
-_MAX_PARAMETERS = 65535
+# The SQL array type of a column of update values, by the Python types in it.
+_ARRAY_TYPES: dict[frozenset[type], str] = {
+    frozenset({int}): "bigint[]",
+    frozenset({str}): "text[]",
+}
 
 
 def _pg(sql: str) -> str:

@@ -101,10 +101,15 @@ class BulkContract:
 
     def test_updates_to_null_and_by_several_keys(self, db: Database, table: str) -> None:
         with db.transaction() as tx:
-            tx.insert_rows(table, COLUMNS, [("a", 1, "x", 5), ("b", 2, "y", 6)])
+            tx.insert_rows(table, COLUMNS, [("a", 1, "x", 5), ("b", 2, "y", 6), ("c", 3, "z", 7)])
             tx.update_rows(table, ("id", "n"), ("note", "until"), [("a", 1, None, None)])
             tx.update_rows(table, ("id", "n"), ("note",), [("b", 3, "not this one")])
-        assert self.rows(db, table) == [("a", 1, None, None), ("b", 2, "y", 6)]
+            tx.update_rows(table, ("id",), ("note", "until"), [("b", None, 60), ("c", "Z", None)])
+        assert self.rows(db, table) == [
+            ("a", 1, None, None),
+            ("b", 2, None, 60),
+            ("c", 3, "Z", None),
+        ]
 
     def test_a_key_in_two_rows_of_one_update_is_refused(self, db: Database, table: str) -> None:
         with pytest.raises(ValueError, match="appears in two rows"), db.transaction() as tx:
