@@ -155,7 +155,7 @@ def canonical_rows(rows: Iterable[StoredRow]) -> list[CanonicalEvent]:
                 "_type_" not in stamp
                 or "_type_" not in effective
                 or _ESCAPE in state
-                or (tags != 2 and not _untag(data, tags - 2))
+                or (tags != 2 and not _untag(data, tags - 2, topic))
             ):
                 raise _Generic
             recorded_at = stamp["_data_"]
@@ -200,21 +200,54 @@ class _Generic(Exception):
     """A stored state outside the fast path of ``canonical_rows``."""
 
 
-def _untag(payload: dict[str, Any], expected: int) -> bool:
+def _untag(payload: dict[str, Any], expected: int, topic: str) -> bool:
     """Replaces tagged times and UUIDs at the payload's top level by their text; True if
-    they were all of its ``expected`` tags (else the state is left to the reference)."""
-    found = 0
+    they were all of its ``expected`` tags (else the state is left to the reference).
+
+    The keys found tagged are remembered per topic: a state of the same shape (nearly
+    every one) is converted by looking at those keys alone."""
+    keys = _TAGGED_KEYS.get(topic)
+    if keys is not None and len(keys) == expected and _untag_keys(payload, keys):
+        return True
+    found: list[str] = []
     for key, value in payload.items():
         if type(value) is dict and "_type_" in value:
-            tag = value["_type_"]
-            if tag == "datetime_iso":
-                payload[key] = utc_text(value["_data_"])
-            elif tag == "uuid_hex":
-                payload[key] = _uuid_text(value["_data_"])
-            else:
+            text = _untagged(value)
+            if text is None:
                 return False
-            found += 1
-    return found == expected
+            payload[key] = text
+            found.append(key)
+    if len(found) != expected:
+        return False
+    _TAGGED_KEYS[topic] = tuple(found)
+    return True
+
+
+# The payload keys that held the tags of the last state of each topic.
+_TAGGED_KEYS: dict[str, tuple[str, ...]] = {}
+
+
+def _untag_keys(payload: dict[str, Any], keys: tuple[str, ...]) -> bool:
+    """``_untag`` on the given keys, each of which must hold a tag it converts."""
+    for key in keys:
+        value = payload.get(key)
+        if type(value) is not dict or "_type_" not in value:
+            return False
+        text = _untagged(value)
+        if text is None:
+            return False
+        payload[key] = text
+    return True
+
+
+def _untagged(value: dict[str, Any]) -> str | None:
+    """The text of a tagged time or UUID (the reference's conversion), else None."""
+    tag = value["_type_"]
+    if tag == "datetime_iso":
+        return utc_text(value["_data_"])
+    if tag == "uuid_hex":
+        return _uuid_text(value["_data_"])
+    return None
 
 
 class EventLog:
