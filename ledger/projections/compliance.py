@@ -315,19 +315,37 @@ class _Batch:
         self.new_grants: dict[str, list[Any]] = {}
         self.trade_rows: list[list[Any]] = []
         self.grant_rows: list[list[Any]] = []
-        closed = {e["aggregate_id"] for e in events if e["type"] in _CLOSINGS}
-        used = {e["aggregate_id"] for e in events if e["type"] == "AccessUsed"}
-        # Rows of earlier batches, as this batch changes them.
+        created: dict[str, set[str]] = {"SaleRecorded": set(), "AccessGranted": set()}
+        closed: set[str] = set()
+        used: set[str] = set()
+        for e in events:
+            kind = e["type"]
+            if kind in created:
+                created[kind].add(e["aggregate_id"])
+            elif kind in _CLOSINGS:
+                closed.add(e["aggregate_id"])
+            elif kind == "AccessUsed":
+                used.add(e["aggregate_id"])
+        # Rows of earlier batches (those of this one are not stored yet), as this batch
+        # changes them.
+        earlier_trades = closed - created["SaleRecorded"]
+        earlier_grants = used - created["AccessGranted"]
         self.trades = {
-            r[0]: list(r) for r in self._lookup("trades", ("id", "executed_at"), "id", closed)
+            r[0]: list(r)
+            for r in self._lookup("trades", ("id", "executed_at"), "id", earlier_trades)
         }
-        self.grants = {r[0]: list(r) for r in self._lookup("grants", GRANT_COLUMNS, "id", used)}
+        self.grants = {
+            r[0]: list(r) for r in self._lookup("grants", GRANT_COLUMNS, "id", earlier_grants)
+        }
         self.changed_trades: set[str] = set()
         self.changed_grants: set[str] = set()
         # The time lines of the grants used in this batch, kept up to date as it goes.
         self.histories: dict[str, list[tuple[Any, ...]]] = {grant_id: [] for grant_id in used}
         for subject, *change in self._lookup(
-            "timelines", ("subject_id", "position", "effective_at", "state"), "subject_id", used
+            "timelines",
+            ("subject_id", "position", "effective_at", "state"),
+            "subject_id",
+            earlier_grants,
         ):
             self.histories[subject].append(tuple(change))
 
