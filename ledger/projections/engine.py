@@ -9,8 +9,8 @@ to it atomically once it has caught up with the head of the log.
 Generations at the same position (every one during a rebuild of all projections, and
 every live one at the head) share one read and decoding of the log; each still applies
 it in its own transaction, so one that fails or loses a race holds no other back. On
-PostgreSQL they apply it side by side, each on a connection of its own, since most of a
-fold's time is the server's; and while a long catch-up folds one batch, the next is read.
+PostgreSQL they apply it side by side, each on a connection of its own, since much of a
+fold's time is the server's.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -174,10 +174,7 @@ class ProjectionManager:
         # time; PostgreSQL's pool also serves the readers, so the folds leave them room.
         self.workers = workers if workers is not None else (2 if db.dialect == "postgresql" else 1)
         self._folders: ThreadPoolExecutor | None = None
-        self._reader: ThreadPoolExecutor | None = None
-        self._threads_lock = threading.Lock()
-        # The batch being read ahead: (after, limit, its read).
-        self._ahead: tuple[int, int, Future[tuple[list[CanonicalEvent], int]]] | None = None
+        self._folders_lock = threading.Lock()
 
     # --- registry -------------------------------------------------------------------
 
@@ -313,29 +310,8 @@ class ProjectionManager:
         If the batch fails, its events are applied one by one, so the generation stops
         exactly before the failing event, which is reported and retried after a fix.
         """
-        events, last = self._read(gen.position)
+        events, last = self.log.read(gen.position, self.batch_size)
         return self._advance(gen, events, last)
-
-    def _read(self, position: int, stop: int | None = None) -> tuple[list[CanonicalEvent], int]:
-        """The batch after ``position``; after a full batch, the next one is read ahead
-        (only ever one), so that it is ready when this one has been applied."""
-        limit = self.batch_size
-        with self._threads_lock:
-            ahead = self._ahead
-            if stop is None and ahead is not None and ahead[:2] == (position, limit):
-                self._ahead = None
-            else:
-                ahead = None
-        if ahead is not None:
-            events, last = ahead[2].result()
-        else:
-            events, last = self.log.read(position, limit, stop)
-        if stop is None and last - position >= limit:
-            with self._threads_lock:
-                if self._reader is None:
-                    self._reader = ThreadPoolExecutor(1, thread_name_prefix="projections-read")
-                self._ahead = (last, limit, self._reader.submit(self.log.read, last, limit))
-        return events, last
 
     def _advance(self, gen: Generation, events: Sequence[CanonicalEvent], last: int) -> int:
         """Applies the events read after the generation's position, up to ``last``."""
@@ -457,9 +433,9 @@ class ProjectionManager:
             # Generations behind the next ones read no further than where those are, so
             # that from there on they share their reads.
             stop = positions[i + 1] if i + 1 < len(positions) else None
-            events, last = self._read(position, stop)
+            events, last = self.log.read(position, self.batch_size, stop)
             if last == position and stop is not None:
-                events, last = self._read(position)
+                events, last = self.log.read(position, self.batch_size)
             advanced += self._apply_all(at[position], events, last)
         return advanced
 
@@ -481,7 +457,7 @@ class ProjectionManager:
         if self.workers < 2 or len(gens) < 2 or last == gens[0].position:
             outcomes = [advance(gen) for gen in gens]
         else:
-            with self._threads_lock:
+            with self._folders_lock:
                 if self._folders is None:
                     self._folders = ThreadPoolExecutor(
                         self.workers, thread_name_prefix="projections"
