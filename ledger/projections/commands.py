@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -139,29 +139,41 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     try:
         generation = manager.rebuild(args.name)
         deadline = time.monotonic() + args.timeout
-        with progress_bar(console) as progress:
-            task = progress.add_task(
-                f"rebuild {args.name}", total=max(1, manager.log.head()), rate="-"
-            )
-            for status in _follow(manager, args.name, generation.generation):
-                progress.update(
-                    task,
-                    completed=status.position,
-                    total=max(1, status.head),
-                    rate=f"{status.events_per_second:,.0f}",
-                )
-                if status.state == "FAILED":
-                    console.print(f"[red]rebuild failed: {status.error} @ {status.error_position}")
-                    return 1
-                if status.state == LIVE:
-                    break
-                if time.monotonic() > deadline:
-                    console.print("[red]rebuild did not finish in time; it goes on in the server")
-                    return 1
+        statuses = _follow(manager, args.name, generation.generation)
+        if not show_rebuild(console, args.name, statuses, deadline=deadline):
+            return 1
         console.print(f"{args.name}: generation {generation.generation} is live")
         return 0
     finally:
         app.close()
+
+
+def show_rebuild(
+    console: Console,
+    name: str,
+    statuses: Iterable[Status],
+    deadline: float | None = None,
+) -> bool:
+    """Shows a rebuild's progress until it is live (True), failed or past ``deadline``."""
+    with progress_bar(console) as progress:
+        task = progress.add_task(f"rebuild {name}", total=1, rate="-")
+        for status in statuses:
+            progress.update(
+                task,
+                completed=status.position,
+                total=max(1, status.head),
+                rate=f"{status.events_per_second:,.0f}",
+            )
+            if status.state == "FAILED":
+                where = f" @ {status.error_position}" if status.error_position else ""
+                console.print(f"[red]rebuild failed: {status.error}{where}")
+                return False
+            if status.state == LIVE:
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                console.print("[red]rebuild did not finish in time; it goes on in the server")
+                return False
+    return False
 
 
 def _follow(manager: ProjectionManager, name: str, generation: int) -> Iterator[Status]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
-from ledger.projections.commands import progress_bar, status_table
+from ledger.projections.commands import show_rebuild, status_table
 from ledger.projections.engine import Status
 from ledger.v1 import projection_pb2, projection_pb2_grpc
 
@@ -77,26 +77,14 @@ def run_remote(args: argparse.Namespace) -> int:
                 timeout=30,
             )
             console = Console(stderr=True)
-            with progress_bar(console) as progress:
-                task = progress.add_task(f"rebuild {args.name}", total=1, rate="-")
-                for update in stub.WatchProjection(
-                    projection_pb2.WatchProjectionRequest(name=args.name),
-                    metadata=metadata,
-                    timeout=args.timeout,
-                ):
-                    status = _status(update.status)
-                    progress.update(
-                        task,
-                        completed=status.position,
-                        total=max(1, status.head),
-                        rate=f"{status.events_per_second:,.0f}",
-                    )
-                    if status.state == "FAILED":
-                        console.print(f"[red]rebuild failed: {status.error}")
-                        return 1
-                    if status.state == "LIVE":
-                        console.print(f"{args.name}: the rebuilt version is live")
-                        return 0
-            return 1
+            updates = stub.WatchProjection(
+                projection_pb2.WatchProjectionRequest(name=args.name),
+                metadata=metadata,
+                timeout=args.timeout,
+            )
+            if not show_rebuild(console, args.name, (_status(u.status) for u in updates)):
+                return 1
+            console.print(f"{args.name}: the rebuilt version is live")
+            return 0
         print("ledger projections run works on the database, not through a server", file=sys.stderr)
         return 2
