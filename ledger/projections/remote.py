@@ -50,6 +50,18 @@ def _status(pb: projection_pb2.ProjectionStatus) -> Status:
 
 
 def run_remote(args: argparse.Namespace) -> int:
+    """Runs the command through the server; a refused call is reported, not a traceback."""
+    try:
+        return _run_remote(args)
+    except grpc.RpcError as error:
+        print(
+            f"ledger projections: {error.code().name}: {error.details()}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _run_remote(args: argparse.Namespace) -> int:
     metadata = (("authorization", f"Bearer {operator_token(args.token)}"),)
     with grpc.insecure_channel(args.address) as channel:
         stub = projection_pb2_grpc.ProjectionServiceStub(channel)
