@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -20,10 +22,11 @@ from ledger.domain.participant import Participant
 from ledger.domain.trade import Trade
 from ledger.domain.values import DeliveryMode
 from ledger.projections.access import Decision as AccessDecision
-from ledger.projections.access import check_access
+from ledger.projections.access import check_access, decide, exchange_of, grant_rows_query
 from ledger.projections.catalogue import list_ids
 from ledger.projections.compliance import Compliance, Report, record_rejection, time_text
-from ledger.projections.engine import Generation, ProjectionManager, Status
+from ledger.projections.db import Database, Row
+from ledger.projections.engine import Generation, ProjectionManager, Status, Tables
 from ledger.projections.ownership import Holding, ownership_at
 
 A = TypeVar("A", bound=LedgerAggregate)
@@ -53,6 +56,27 @@ def _page_token(table: str, position: int | None) -> str:
     return base64.urlsafe_b64encode(f"{table}:{position}".encode()).decode()
 
 
+def head_statement(recorder: Any, db: Database) -> str | None:
+    """The statement that reads the head of the log in the projections' own database (so
+    that one statement can read it with a projection's rows), or None when the log is
+    kept elsewhere (the in-memory stores of tests)."""
+    from eventsourcing.postgres import PostgresApplicationRecorder
+    from eventsourcing.sqlite import SQLiteApplicationRecorder
+
+    # The library's own statements (``max_notification_id``), on its table names.
+    table = recorder.events_table_name
+    if isinstance(recorder, PostgresApplicationRecorder):
+        schema = recorder.datastore.schema
+        if db.dialect == "postgresql" and getattr(db, "schema", None) == schema:
+            return f'SELECT MAX(notification_id) FROM "{schema}"."{table}"'  # noqa: S608 (the library's table name)
+    elif isinstance(recorder, SQLiteApplicationRecorder):
+        pool = recorder.datastore.pool
+        same_file = getattr(db, "path", None) == pool.db_name
+        if db.dialect == "sqlite" and same_file and not pool.is_sqlite_memory_mode:
+            return f"SELECT MAX(rowid) FROM {table}"  # noqa: S608 (the library's table name)
+    return None
+
+
 def _after(table: str, token: str) -> int:
     if not token:
         return 0
@@ -79,6 +103,7 @@ class Queries:
         self.app = app
         self.projections = projections
         self.consistency_timeout_s = consistency_timeout_s
+        self.head_sql = head_statement(app.recorder, projections.db)
         app.rejection_listeners.append(self.record_rejection)
 
     def page(
@@ -167,6 +192,47 @@ class Queries:
             )
         return self._live(name)
 
+    def _fenced_rows(
+        self,
+        name: str,
+        query: Callable[[Tables], tuple[str, list[Any]]],
+        as_of_position: int | None,
+    ) -> tuple[list[Row], int]:
+        """The rows of ``query`` in the live generation of ``name`` once it has applied
+        every write acknowledged before this call (or up to ``as_of_position``), and the
+        position they reflect; ``Unavailable`` if it cannot catch up within the bound.
+
+        One statement reads the head of the log, the generation's position and the rows,
+        so they come from one snapshot: when the position has reached the head, the rows
+        are the answer, in one round trip. Otherwise it waits for the projection and
+        reads again; the head of the first read is the fence, since every write
+        acknowledged before the call was in the log by then."""
+        assert self.head_sql is not None
+        deadline = time.monotonic() + self.consistency_timeout_s
+        target: int | None = None
+        while True:
+            live = self._live(name)
+            sql, params = query(live.tables)
+            result = self.projections.db.query(
+                "SELECT f.head, f.position, r.* FROM (SELECT "  # noqa: S608 (the store's and projection's tables)
+                f"COALESCE(({self.head_sql}), 0) AS head, (SELECT position FROM "
+                "projection_generations WHERE name = ? AND generation = ?) AS position) f "
+                f"LEFT JOIN ({sql}) r ON 1 = 1",
+                [name, live.generation, *params],
+            )
+            head, position = int(result[0][0]), result[0][1]
+            if target is None:
+                target = head if as_of_position is None else min(head, as_of_position)
+            if position is not None and position >= target:
+                # Without matching rows the join yields one row of NULLs.
+                return [row[2:] for row in result if row[2] is not None], int(position)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.projections.wait_for(name, target, remaining):
+                raise Unavailable(
+                    f"the {name} projection is behind the log (position {target} not yet "
+                    "applied); retry shortly"
+                )
+
     def check_access(
         self,
         grantee_id: str,
@@ -179,17 +245,50 @@ class Queries:
         actor: Actor,
     ) -> tuple[AccessDecision, int]:
         """May the grantee use the listing this way, for this scenario, at ``at``? The
-        answer reflects every write acknowledged before the call."""
+        answer reflects every write acknowledged before the call. A venue-scoped caller
+        asking about another venue's listing (or one that does not exist) gets
+        ``NotFound``."""
         parse_uuid(grantee_id, "grantee_id")
         parse_uuid(listing_id, "listing_id")
-        if actor.venues is not None:
-            # Only a venue-scoped caller needs the listing's exchange (another venue's
-            # listing is not found); for others an unknown listing simply has no grant.
-            self.app.get(Listing, listing_id, actor, "listing_id")
         mode = parse_enum(DeliveryMode, delivery_mode, "delivery_mode").name
         validate_scenario(scenario)
-        live = self._caught_up("access", as_of_position)
         moment = time_text(at or self.app.clock.now())
+        as_of = time_text(as_of_time) if as_of_time else None
+        if self.head_sql is None:
+            return self._check_access_in_steps(
+                grantee_id, listing_id, mode, scenario, moment, as_of, as_of_position, actor
+            )
+        rows, position = self._fenced_rows(
+            "access",
+            lambda t: grant_rows_query(t, grantee_id, listing_id, as_of_position, as_of),
+            as_of_position,
+        )
+        if actor.venues is not None:
+            exchange_id = exchange_of(rows)
+            if exchange_id is None:
+                # No grant names the listing's exchange: the listing itself does.
+                self.app.get(Listing, listing_id, actor, "listing_id")
+            elif exchange_id not in actor.venues:
+                raise NotFound("listing", listing_id, "listing_id")
+        decision = decide(rows, mode, scenario, moment)
+        return decision, as_of_position if as_of_position is not None else position
+
+    def _check_access_in_steps(
+        self,
+        grantee_id: str,
+        listing_id: str,
+        mode: str,
+        scenario: str,
+        moment: str,
+        as_of_time: str | None,
+        as_of_position: int | None,
+        actor: Actor,
+    ) -> tuple[AccessDecision, int]:
+        """``check_access`` for a log kept apart from the projections: the head, the
+        listing and the grants each read on their own."""
+        if actor.venues is not None:
+            self.app.get(Listing, listing_id, actor, "listing_id")
+        live = self._caught_up("access", as_of_position)
         with self.projections.db.transaction() as tx:
             decision = check_access(
                 tx,
@@ -200,7 +299,7 @@ class Queries:
                 scenario,
                 moment,
                 as_of_position,
-                time_text(as_of_time) if as_of_time else None,
+                as_of_time,
             )
         applied = self.projections.applied(live)
         return decision, as_of_position if as_of_position is not None else applied

@@ -50,6 +50,7 @@ STATE_COLUMNS = (
 USE_COLUMNS = ("grant_id", "position", "recorded_time", "units")
 _USES, _UNITS = 10, 11
 _UNTIL_POSITION, _UNTIL_TIME = 3, 5
+_EXCHANGE = 11  # in the rows of grant_rows_query
 
 ACTIVE = "ACTIVE"
 SUSPENDED = "SUSPENDED"
@@ -245,6 +246,21 @@ def check_access(
     Of several such grants, the one that passes most checks decides (the newest on a tie).
     It reads what the generation has folded: wait for a position first (``wait_for``).
     """
+    sql, params = grant_rows_query(t, grantee_id, listing_id, as_of_position, as_of_time)
+    return decide(tx.fetchall(sql, params), delivery_mode, scenario, at)
+
+
+def grant_rows_query(
+    t: Tables,
+    grantee_id: str,
+    listing_id: str,
+    as_of_position: int | None = None,
+    as_of_time: str | None = None,
+) -> tuple[str, list[Any]]:
+    """The query (with ``?`` placeholders) and parameters of the rows :func:`decide` takes:
+    the grants of one grantee and listing, each with its state at the head, after
+    ``as_of_position`` or by ``as_of_time``. Each row ends with the grant's exchange,
+    which is its listing's."""
     params: list[Any] = []
     units = "g.units_used"
     state = ["s.grant_id = g.grant_id"]
@@ -267,13 +283,24 @@ def check_access(
         if as_of_time is not None:
             state.append("s.from_time <= ? AND (s.until_time IS NULL OR s.until_time > ?)")
             params += [as_of_time, as_of_time]
-    rows = tx.fetchall(
+    sql = (
         "SELECT g.grant_id, g.scenario, g.delivery_mode, g.valid_from, g.valid_until, "
-        f"g.usage_limit, {units}, s.state, s.rule, g.granted_position, s.from_position "
+        f"g.usage_limit, {units} AS units, s.state, s.rule, g.granted_position, "
+        "s.from_position, g.exchange_id "
         f"FROM {t(GRANTS)} g JOIN {t(STATES)} s ON {' AND '.join(state)} "
-        "WHERE g.grantee_id = ? AND g.listing_id = ?",
-        [*params, grantee_id, listing_id],
+        "WHERE g.grantee_id = ? AND g.listing_id = ?"
     )
+    return sql, [*params, grantee_id, listing_id]
+
+
+def exchange_of(rows: Sequence[Sequence[Any]]) -> str | None:
+    """The exchange of the listing that rows of :func:`grant_rows_query` are about, or
+    None when there are none (a grant's exchange is fixed to its listing's at the grant)."""
+    return str(rows[0][_EXCHANGE]) if rows else None
+
+
+def decide(rows: Sequence[Sequence[Any]], delivery_mode: str, scenario: str, at: str) -> Decision:
+    """Applies the checks of :func:`check_access` to rows of :func:`grant_rows_query`."""
     return _decide(_latest_state(rows), delivery_mode, scenario, at)
 
 

@@ -71,6 +71,11 @@ class Database(Protocol):
     dialect: str
 
     def transaction(self) -> Any: ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Runs one read statement outside any transaction: it sees one consistent
+        snapshot, and on PostgreSQL costs one round trip."""
+
     def close(self) -> None: ...
 
 
@@ -168,6 +173,18 @@ class SqliteDatabase:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        conn = self._connection()
+        lock = self._shared_lock if self._shared is not None else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            # In autocommit mode, so the statement is a read transaction of its own.
+            return list(conn.execute(sql, params).fetchall())
         finally:
             if lock is not None:
                 lock.release()
@@ -280,6 +297,7 @@ class PostgresDatabase:
         schema: str,
         pool_size: int = 4,
         check: Callable[[], None] | None = None,
+        read_pool_size: int = 4,
     ) -> None:
         from psycopg_pool import ConnectionPool
 
@@ -294,6 +312,29 @@ class PostgresDatabase:
             open=True,
             timeout=5,
         )
+        self._read_pool_size = read_pool_size
+        self._readers: ConnectionPool | None = None
+        self._readers_lock = threading.Lock()
+
+    def _reader_pool(self) -> Any:
+        """Autocommit connections for :meth:`query`, opened on first use (the readers'
+        pool is apart so that reads never queue behind the folds' transactions)."""
+        readers = self._readers
+        if readers is None:
+            from psycopg_pool import ConnectionPool
+
+            with self._readers_lock:
+                readers = self._readers
+                if readers is None:
+                    readers = self._readers = ConnectionPool(
+                        self.conninfo,
+                        min_size=1,
+                        max_size=self._read_pool_size,
+                        kwargs={"options": f"-c search_path={self.schema}", "autocommit": True},
+                        open=True,
+                        timeout=5,
+                    )
+        return readers
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -308,5 +349,30 @@ class PostgresDatabase:
         except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as e:
             raise Unavailable(f"the projection store is unavailable: {e}") from e
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        import psycopg
+        import psycopg_pool
+
+        if self._check is not None:
+            self._check()
+        readers = self._reader_pool()
+        for attempt in (1, 2):
+            try:
+                with readers.connection() as conn:
+                    return list(conn.execute(_pg(sql), params).fetchall())
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                # Connections are not pinged on checkout (a round trip on every read);
+                # one that died with an earlier server is found here instead. The pool
+                # drops it; the others idle beside it are checked before the one retry.
+                if attempt == 1 and not readers.closed:
+                    readers.check()
+                    continue
+                raise Unavailable(f"the projection store is unavailable: {e}") from e
+            except psycopg_pool.PoolTimeout as e:
+                raise Unavailable(f"the projection store is unavailable: {e}") from e
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
+        if self._readers is not None:
+            self._readers.close()
         self.pool.close()
