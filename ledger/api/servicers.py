@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeAlias, TypeVar
 
 import grpc
@@ -17,9 +18,9 @@ from google.protobuf.message import Message
 
 from ledger.api import convert
 from ledger.api.errors import Unimplemented, status_for
-from ledger.api.interceptors import actor_of, current_call
+from ledger.api.interceptors import Call, actor_of, current_call
 from ledger.application import commands as c
-from ledger.application.app import MarketLedger
+from ledger.application.app import Actor, MarketLedger, Outcome
 from ledger.application.queries import Page, Queries
 from ledger.audit.checkpoints import CheckpointStore
 from ledger.audit.replay import MAX_REPLAY_STREAMS, EventReplay
@@ -287,32 +288,46 @@ class TradeService(_Servicer, trade_pb2_grpc.TradeServiceServicer):
     ) -> tr.IngestCommandsResponse:
         if len(request.commands) > MAX_INGEST_COMMANDS:
             raise InvalidArgument.of("commands", f"at most {MAX_INGEST_COMMANDS} per call")
-        run = self._ingest_one(context)
-        return tr.IngestCommandsResponse(results=[run(item) for item in request.commands])
-
-    def _ingest_one(self, context: Context) -> Callable[[tr.Command], tr.CommandResult]:
         actor, call = actor_of(context), current_call(context)
-
-        def run(item: tr.Command) -> tr.CommandResult:
+        refused: dict[int, tr.CommandResult] = {}
+        batch: list[tuple[c.Command, Actor]] = []
+        for i, item in enumerate(request.commands):
             kind = item.WhichOneof("kind")
             if kind is None:
                 error = InvalidArgument.of("kind", "set one command of the oneof")
-                return tr.CommandResult(error=status_for(error))
-            request: Message = getattr(item, kind)
-            command, response = _INGESTIBLE[kind]
+                refused[i] = tr.CommandResult(error=status_for(error))
+                continue
+            message: Message = getattr(item, kind)
             try:
-                outcome = self._app.execute(convert.to_command(request, command), actor)
+                batch.append((convert.to_command(message, _INGESTIBLE[kind][0]), actor))
             except Exception as exc:
-                # Each command fails on its own and the batch goes on.
                 call.record(exc)
-                return tr.CommandResult(error=status_for(exc, request))
-            result = tr.CommandResult()
-            getattr(result, kind).CopyFrom(
-                convert.to_response(response, outcome, request, self._app.clock.now())
-            )
-            return result
+                refused[i] = tr.CommandResult(error=status_for(exc, message))
+        # Every command fails on its own and the batch goes on; the commands that
+        # succeed are written together, in one transaction.
+        outcomes = iter(self._app.execute_batch(batch))
+        now = self._app.clock.now()
+        return tr.IngestCommandsResponse(
+            results=[
+                refused[i] if i in refused else self._ingested(item, next(outcomes), now, call)
+                for i, item in enumerate(request.commands)
+            ]
+        )
 
-        return run
+    @staticmethod
+    def _ingested(
+        item: tr.Command, outcome: Outcome | Exception, now: datetime, call: Call
+    ) -> tr.CommandResult:
+        kind = item.WhichOneof("kind")
+        assert kind is not None  # for mypy: items without one were refused above
+        request: Message = getattr(item, kind)
+        if isinstance(outcome, Exception):
+            call.record(outcome)
+            return tr.CommandResult(error=status_for(outcome, request))
+        result = tr.CommandResult()
+        response = convert.to_response(_INGESTIBLE[kind][1], outcome, request, now)
+        getattr(result, kind).CopyFrom(response)
+        return result
 
 
 class AccessService(_Servicer, access_pb2_grpc.AccessServiceServicer):

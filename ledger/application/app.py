@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -19,6 +21,7 @@ from eventsourcing.persistence import (
 
 from ledger.application import commands as c
 from ledger.application import identity as _identity  # noqa: F401 (registers its event topics)
+from ledger.application.group_commit import GroupCommit
 from ledger.application.guard import StoreGuard
 from ledger.application.log import position_of
 from ledger.application.markers import PartyKey, RequestMarker, entity_id, party_key_id
@@ -33,6 +36,7 @@ from ledger.application.parse import (
     parse_uuid,
     require_aware,
 )
+from ledger.application.working_set import BatchReader, CleanCache, WorkingSet, snapshot
 from ledger.clock import Clock, SystemClock
 from ledger.domain.base import Act, LedgerAggregate
 from ledger.domain.errors import (
@@ -73,6 +77,10 @@ Cmd = TypeVar("Cmd", bound=c.Command)
 # Unguarded commands that lose a race are retried against the new state this many
 # times; the rules are checked again each time, so a loser ends with the rule's error.
 MAX_ATTEMPTS = 8
+# Commands run in one transaction at most (an ingest call may carry up to this many).
+MAX_BATCH = 1000
+# Aggregates kept as stored between batches, brought up to date at the start of each.
+CLEAN_CACHE_SIZE = 20_000
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,42 @@ class Decision:
 Handler = Callable[[Any, Act], Decision]
 
 
+@dataclass(frozen=True)
+class _Accepted:
+    """A command of the batch under way, decided; its position is known once written."""
+
+    resource: LedgerAggregate
+    marker_id: UUID
+    command: str
+    fingerprint: str
+    replayed: bool
+
+    def outcome(self, positions: Mapping[UUID, int]) -> Outcome:
+        return Outcome(self.resource, positions[self.marker_id], self.replayed)
+
+
+@dataclass
+class _Batch:
+    """The commands of one transaction: their results so far, and what they read and
+    changed."""
+
+    working: WorkingSet
+    results: list[_Accepted | Outcome | Exception] = field(default_factory=list)
+    accepted: dict[str, _Accepted] = field(default_factory=dict)
+    rejections: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def run(self, decide: Callable[[], _Accepted | Outcome]) -> None:
+        self.working.begin()
+        try:
+            self.results.append(decide())
+        except (OperationalError, InterfaceError, IntegrityError):
+            raise
+        except Exception as e:
+            # This command fails alone; the batch goes on without a trace of it.
+            self.working.discard()
+            self.results.append(e)
+
+
 class MarketLedger(Application[UUID]):
     """Records the acts of a regulated data market as events, one atomic write per command.
 
@@ -146,6 +190,11 @@ class MarketLedger(Application[UUID]):
         self.write_listeners: list[Callable[[int], None]] = []
         # Called with (rule id, exchange id or None) for every rejection by an enforced rule.
         self.rejection_listeners: list[Callable[[str, str | None], None]] = []
+        self._clean = CleanCache(CLEAN_CACHE_SIZE)
+        self._working = threading.local()
+        self._group: GroupCommit[tuple[c.Command, Actor], Outcome | Exception] = GroupCommit(
+            self._run_batch, MAX_BATCH
+        )
 
     def _probe_store(self) -> None:
         self.recorder.max_notification_id()
@@ -163,49 +212,106 @@ class MarketLedger(Application[UUID]):
             self.guard.trip(str(e))
             raise Unavailable(f"the event store is unavailable: {e}") from e
 
-    def _execute(
-        self, command: Cmd, actor: Actor, handler: Callable[[Cmd, Act], Decision]
-    ) -> Outcome:
+    def execute(self, command: c.Command, actor: Actor) -> Outcome:
+        """Runs one command; concurrent commands may share its transaction (group commit)."""
+        (result,) = self.execute_batch([(command, actor)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def execute_batch(self, items: Sequence[tuple[c.Command, Actor]]) -> list[Outcome | Exception]:
+        """Runs commands in order in one transaction, each on its own: a failed command
+        leaves no trace and does not stop the others; each result is the outcome or the
+        error the command would have had alone."""
+        if getattr(self._working, "batch", None) is not None:
+            # Issued from within a command of this thread's batch: its own transaction.
+            return self._run_batch(list(items))
+        return self._group.submit(items)
+
+    def _run_batch(self, items: list[tuple[c.Command, Actor]]) -> list[Outcome | Exception]:
+        with self.database_errors():
+            for attempt in range(MAX_ATTEMPTS):
+                reader = cast(BatchReader, self.recorder)
+                batch = _Batch(WorkingSet(reader, self.mapper, self._clean))
+                outer: _Batch | None = getattr(self._working, "batch", None)
+                self._working.batch = batch
+                try:
+                    batch.working.load(_named_ids(items))
+                    for command, actor in items:
+                        batch.run(partial(self._decide, command, actor))
+                    positions = self._write(batch)
+                except IntegrityError:
+                    # A concurrent writer got there first: run the batch again on the new
+                    # state, after a little jittered backoff so racing writers fall out of
+                    # step. Its rules are checked again, so a loser ends with the rule's error.
+                    time.sleep(random.uniform(0, 0.002 * (2**attempt)))
+                    continue
+                finally:
+                    self._working.batch = outer
+                for rule, venue in batch.rejections:
+                    for rejected in self.rejection_listeners:
+                        rejected(rule, venue)
+                if positions:
+                    head = max(positions.values())
+                    for listener in self.write_listeners:
+                        listener(head)
+                return [
+                    r.outcome(positions) if isinstance(r, _Accepted) else r for r in batch.results
+                ]
+        return [
+            Conflict(
+                f"{command.kind} lost {MAX_ATTEMPTS} races with concurrent writes; retry later"
+            )
+            for command, _actor in items
+        ]
+
+    def _decide(self, command: c.Command, actor: Actor) -> _Accepted | Outcome:
+        """Decides one command of the batch under way and keeps what it changed."""
+        batch: _Batch = self._working.batch
         request_id = parse_request_id(command.request_id)
         fingerprint = command.fingerprint()
-        with self.database_errors():
-            for _attempt in range(MAX_ATTEMPTS):
-                replay = self._replay(request_id, fingerprint, actor)
-                if replay is not None:
-                    return replay
-                act = self._act(command, actor, request_id)
-                try:
-                    decision = handler(command, act)
-                except LedgerError as refused:
-                    # Say nothing about another venue's resources, not even why not.
-                    venue = self._venue_of(command)
-                    self._check_venue(actor, venue)
-                    if isinstance(refused, RuleViolation):
-                        for rejected in self.rejection_listeners:
-                            rejected(refused.rule, venue)
-                    raise
-                self._check_venue(actor, _venue(decision.subject))
-                marker = RequestMarker.accept(command.kind, fingerprint, decision.subject, act)
-                try:
-                    # The marker goes last, so its position is the position of the write.
-                    recordings = self.save(
-                        *decision.changed, marker, read_versions=decision.read_versions()
-                    )
-                except IntegrityError:
-                    if getattr(command, "etag", "") or getattr(command, "listing_etag", ""):
-                        raise Conflict(
-                            "the resource changed since the given etag; read it again"
-                        ) from None
-                    # Back off a little, with jitter, so racing writers fall out of step.
-                    time.sleep(random.uniform(0, 0.002 * (2**_attempt)))
-                    continue
-                position = max(r.notification.id for r in recordings)
-                for listener in self.write_listeners:
-                    listener(position)
-                return Outcome(decision.subject, position)
-        raise Conflict(
-            f"{command.kind} lost {MAX_ATTEMPTS} races with concurrent writes; retry later"
+        earlier = batch.accepted.get(request_id)
+        if earlier is not None:
+            if earlier.fingerprint != fingerprint:
+                raise _reused(request_id, earlier.command)
+            self._check_venue(actor, _venue(earlier.resource))
+            return replace(earlier, replayed=True)
+        replay = self._replay(request_id, fingerprint, actor)
+        if replay is not None:
+            return replay
+        act = self._act(command, actor, request_id)
+        handler: Handler = getattr(self, "_" + _method_name(command.kind))
+        try:
+            decision = handler(command, act)
+        except LedgerError as refused:
+            # Say nothing about another venue's resources, not even why not.
+            venue = self._venue_of(command)
+            self._check_venue(actor, venue)
+            if isinstance(refused, RuleViolation):
+                batch.rejections.append((refused.rule, venue))
+            raise
+        self._check_venue(actor, _venue(decision.subject))
+        marker = RequestMarker.accept(command.kind, fingerprint, decision.subject, act)
+        # The marker goes last, so its position is the position of the command's write.
+        batch.working.accept([*decision.changed, marker], decision.read)
+        accepted = _Accepted(
+            snapshot(decision.subject), marker.id, command.kind, fingerprint, replayed=False
         )
+        batch.accepted[request_id] = accepted
+        return accepted
+
+    def _write(self, batch: _Batch) -> dict[UUID, int]:
+        """Writes the batch in one transaction; returns each marker's log position."""
+        events = batch.working.events()
+        if not events:
+            return {}
+        recordings = self.save(*events, read_versions=batch.working.read_versions())
+        batch.working.written()
+        return {
+            r.domain_event.originator_id: r.notification.id
+            for r in recordings
+            if isinstance(r.domain_event, RequestMarker.Created)
+        }
 
     def _act(self, command: c.Command, actor: Actor, request_id: str) -> Act:
         now = self.clock.now()
@@ -225,20 +331,28 @@ class MarketLedger(Application[UUID]):
     def _replay(self, request_id: str, fingerprint: str, actor: Actor) -> Outcome | None:
         marker_id = marker_id_of(request_id)
         try:
-            marker: LedgerAggregate = self.repository.get(marker_id)
+            marker = self._aggregate(marker_id)
         except AggregateNotFoundError:
             return None
         assert isinstance(marker, RequestMarker)  # for mypy
         if marker.fingerprint != fingerprint:
-            raise AlreadyExists(
-                f"request_id {request_id} was already used for a different {marker.command} "
-                "request; use a new request_id for a new request"
-            )
+            raise _reused(request_id, marker.command)
         resource: LedgerAggregate = self.repository.get(
             UUID(marker.resource_id), version=marker.resource_version
         )
         self._check_venue(actor, _venue(resource))
         return Outcome(resource, self.position_of(marker_id), replayed=True)
+
+    def _aggregate(self, aggregate_id: UUID) -> LedgerAggregate:
+        """The latest state of an aggregate; within a batch, as its earlier commands left it."""
+        batch: _Batch | None = getattr(self._working, "batch", None)
+        if batch is None:
+            aggregate: LedgerAggregate = self.repository.get(aggregate_id)
+            return aggregate
+        found = batch.working.get(aggregate_id)
+        if found is None:
+            raise AggregateNotFoundError(aggregate_id)
+        return found
 
     @staticmethod
     def _check_venue(actor: Actor, venue: str | None) -> None:
@@ -274,7 +388,7 @@ class MarketLedger(Application[UUID]):
         expected = parse_etag(etag, etag_field)
         resource = cls.__name__.lower().replace("accessgrant", "grant")
         try:
-            aggregate: LedgerAggregate = self.repository.get(aggregate_id)
+            aggregate = self._aggregate(aggregate_id)
         except AggregateNotFoundError:
             raise NotFound(resource, aggregate_id, field) from None
         if not isinstance(aggregate, cls):
@@ -298,7 +412,7 @@ class MarketLedger(Application[UUID]):
     def _live_grants(self, grant_ids: set[str]) -> list[AccessGrant]:
         grants = []
         for grant_id in sorted(grant_ids):
-            grant: LedgerAggregate = self.repository.get(UUID(grant_id))
+            grant = self._aggregate(UUID(grant_id))
             assert isinstance(grant, AccessGrant)  # for mypy
             if grant.is_live:
                 grants.append(grant)
@@ -326,7 +440,7 @@ class MarketLedger(Application[UUID]):
     # --- participants ---------------------------------------------------------------
 
     def register_participant(self, command: c.RegisterParticipant, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._register_participant)
+        return self.execute(command, actor)
 
     def _register_participant(self, cmd: c.RegisterParticipant, act: Act) -> Decision:
         if cmd.uscc and (cmd.country or cmd.registry_number):
@@ -340,7 +454,7 @@ class MarketLedger(Application[UUID]):
         name = parse_text(cmd.name, "name", required=True, limit=MAX_NAME)
         roles = parse_enum_set(ParticipantRole, cmd.roles, "roles")
         try:
-            claimed: LedgerAggregate = self.repository.get(party_key_id(party.key))
+            claimed = self._aggregate(party_key_id(party.key))
         except AggregateNotFoundError:
             pass
         else:
@@ -354,7 +468,7 @@ class MarketLedger(Application[UUID]):
         return Decision(participant, [participant, key])
 
     def issue_certification(self, command: c.IssueCertification, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._issue_certification)
+        return self.execute(command, actor)
 
     def _issue_certification(self, cmd: c.IssueCertification, act: Act) -> Decision:
         participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
@@ -382,7 +496,7 @@ class MarketLedger(Application[UUID]):
         return Decision(participant, [participant])
 
     def suspend_certification(self, command: c.SuspendCertification, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._suspend_certification)
+        return self.execute(command, actor)
 
     def _suspend_certification(self, cmd: c.SuspendCertification, act: Act) -> Decision:
         participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
@@ -395,7 +509,7 @@ class MarketLedger(Application[UUID]):
         return Decision(participant, [participant, *grants])
 
     def reinstate_certification(self, command: c.ReinstateCertification, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._reinstate_certification)
+        return self.execute(command, actor)
 
     def _reinstate_certification(self, cmd: c.ReinstateCertification, act: Act) -> Decision:
         participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
@@ -404,7 +518,7 @@ class MarketLedger(Application[UUID]):
         return Decision(participant, [participant])
 
     def revoke_certification(self, command: c.RevokeCertification, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._revoke_certification)
+        return self.execute(command, actor)
 
     def _revoke_certification(self, cmd: c.RevokeCertification, act: Act) -> Decision:
         participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
@@ -422,7 +536,7 @@ class MarketLedger(Application[UUID]):
         return Decision(participant, [participant, *grants])
 
     def suspend_participant(self, command: c.SuspendParticipant, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._suspend_participant)
+        return self.execute(command, actor)
 
     def _suspend_participant(self, cmd: c.SuspendParticipant, act: Act) -> Decision:
         participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
@@ -432,7 +546,7 @@ class MarketLedger(Application[UUID]):
         return Decision(participant, [participant, *grants])
 
     def reinstate_participant(self, command: c.ReinstateParticipant, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._reinstate_participant)
+        return self.execute(command, actor)
 
     def _reinstate_participant(self, cmd: c.ReinstateParticipant, act: Act) -> Decision:
         participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
@@ -440,7 +554,7 @@ class MarketLedger(Application[UUID]):
         return Decision(participant, [participant])
 
     def deregister_participant(self, command: c.DeregisterParticipant, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._deregister_participant)
+        return self.execute(command, actor)
 
     def _deregister_participant(self, cmd: c.DeregisterParticipant, act: Act) -> Decision:
         participant = self.load(Participant, cmd.participant_id, "participant_id", cmd.etag)
@@ -454,7 +568,7 @@ class MarketLedger(Application[UUID]):
     # --- listings -------------------------------------------------------------------
 
     def submit_listing(self, command: c.SubmitListing, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._submit_listing)
+        return self.execute(command, actor)
 
     def _submit_listing(self, cmd: c.SubmitListing, act: Act) -> Decision:
         exchange = self.load(Participant, cmd.exchange_id, "exchange_id")
@@ -491,7 +605,7 @@ class MarketLedger(Application[UUID]):
         return Decision(listing, [listing], read=[exchange, provider])
 
     def record_assessment(self, command: c.RecordAssessment, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._record_assessment)
+        return self.execute(command, actor)
 
     def _record_assessment(self, cmd: c.RecordAssessment, act: Act) -> Decision:
         listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
@@ -506,7 +620,7 @@ class MarketLedger(Application[UUID]):
         return Decision(listing, [listing], read=[assessor])
 
     def approve_listing(self, command: c.ApproveListing, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._approve_listing)
+        return self.execute(command, actor)
 
     def _approve_listing(self, cmd: c.ApproveListing, act: Act) -> Decision:
         listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
@@ -515,7 +629,7 @@ class MarketLedger(Application[UUID]):
         return Decision(listing, [listing], read=[exchange])
 
     def reject_listing(self, command: c.RejectListing, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._reject_listing)
+        return self.execute(command, actor)
 
     def _reject_listing(self, cmd: c.RejectListing, act: Act) -> Decision:
         listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
@@ -523,7 +637,7 @@ class MarketLedger(Application[UUID]):
         return Decision(listing, [listing])
 
     def suspend_listing(self, command: c.SuspendListing, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._suspend_listing)
+        return self.execute(command, actor)
 
     def _suspend_listing(self, cmd: c.SuspendListing, act: Act) -> Decision:
         listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
@@ -532,7 +646,7 @@ class MarketLedger(Application[UUID]):
         return Decision(listing, [listing, *grants])
 
     def reinstate_listing(self, command: c.ReinstateListing, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._reinstate_listing)
+        return self.execute(command, actor)
 
     def _reinstate_listing(self, cmd: c.ReinstateListing, act: Act) -> Decision:
         listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
@@ -540,7 +654,7 @@ class MarketLedger(Application[UUID]):
         return Decision(listing, [listing])
 
     def delist_listing(self, command: c.DelistListing, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._delist_listing)
+        return self.execute(command, actor)
 
     def _delist_listing(self, cmd: c.DelistListing, act: Act) -> Decision:
         listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
@@ -555,7 +669,7 @@ class MarketLedger(Application[UUID]):
         return Decision(listing, [listing, *grants])
 
     def reclassify_listing(self, command: c.ReclassifyListing, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._reclassify_listing)
+        return self.execute(command, actor)
 
     def _reclassify_listing(self, cmd: c.ReclassifyListing, act: Act) -> Decision:
         listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
@@ -572,7 +686,7 @@ class MarketLedger(Application[UUID]):
         return Decision(listing, [listing, *grants])
 
     def open_ownership_dispute(self, command: c.OpenOwnershipDispute, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._open_ownership_dispute)
+        return self.execute(command, actor)
 
     def _open_ownership_dispute(self, cmd: c.OpenOwnershipDispute, act: Act) -> Decision:
         listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
@@ -585,7 +699,7 @@ class MarketLedger(Application[UUID]):
     def resolve_ownership_dispute(
         self, command: c.ResolveOwnershipDispute, actor: Actor
     ) -> Outcome:
-        return self._execute(command, actor, self._resolve_ownership_dispute)
+        return self.execute(command, actor)
 
     def _resolve_ownership_dispute(self, cmd: c.ResolveOwnershipDispute, act: Act) -> Decision:
         listing = self.load(Listing, cmd.listing_id, "listing_id", cmd.etag)
@@ -595,7 +709,7 @@ class MarketLedger(Application[UUID]):
     # --- trades ---------------------------------------------------------------------
 
     def record_sale(self, command: c.RecordSale, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._record_sale)
+        return self.execute(command, actor)
 
     def _record_sale(self, cmd: c.RecordSale, act: Act) -> Decision:
         rights = parse_enum_set(Right, cmd.rights, "rights")
@@ -623,7 +737,7 @@ class MarketLedger(Application[UUID]):
         return Decision(trade, [trade, listing], read=[seller, buyer])
 
     def settle_trade(self, command: c.SettleTrade, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._settle_trade)
+        return self.execute(command, actor)
 
     def _settle_trade(self, cmd: c.SettleTrade, act: Act) -> Decision:
         trade = self.load(Trade, cmd.trade_id, "trade_id", cmd.etag)
@@ -631,7 +745,7 @@ class MarketLedger(Application[UUID]):
         return Decision(trade, [trade])
 
     def cancel_trade(self, command: c.CancelTrade, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._cancel_trade)
+        return self.execute(command, actor)
 
     def _cancel_trade(self, cmd: c.CancelTrade, act: Act) -> Decision:
         trade = self.load(Trade, cmd.trade_id, "trade_id", cmd.etag)
@@ -649,7 +763,7 @@ class MarketLedger(Application[UUID]):
     # --- access ---------------------------------------------------------------------
 
     def grant_access(self, command: c.GrantAccess, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._grant_access)
+        return self.execute(command, actor)
 
     def _grant_access(self, cmd: c.GrantAccess, act: Act) -> Decision:
         mode = parse_enum(DeliveryMode, cmd.delivery_mode, "delivery_mode")
@@ -693,7 +807,7 @@ class MarketLedger(Application[UUID]):
         return Decision(grant, [grant, trade, listing, grantee])
 
     def suspend_access(self, command: c.SuspendAccess, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._suspend_access)
+        return self.execute(command, actor)
 
     def _suspend_access(self, cmd: c.SuspendAccess, act: Act) -> Decision:
         grant = self.load(AccessGrant, cmd.grant_id, "grant_id", cmd.etag)
@@ -701,7 +815,7 @@ class MarketLedger(Application[UUID]):
         return Decision(grant, [grant])
 
     def reinstate_access(self, command: c.ReinstateAccess, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._reinstate_access)
+        return self.execute(command, actor)
 
     def _reinstate_access(self, cmd: c.ReinstateAccess, act: Act) -> Decision:
         grant = self.load(AccessGrant, cmd.grant_id, "grant_id", cmd.etag)
@@ -712,7 +826,7 @@ class MarketLedger(Application[UUID]):
         return Decision(grant, [grant, trade, listing, grantee])
 
     def revoke_access(self, command: c.RevokeAccess, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._revoke_access)
+        return self.execute(command, actor)
 
     def _revoke_access(self, cmd: c.RevokeAccess, act: Act) -> Decision:
         grant = self.load(AccessGrant, cmd.grant_id, "grant_id", cmd.etag)
@@ -721,7 +835,7 @@ class MarketLedger(Application[UUID]):
         return Decision(grant, [grant])
 
     def record_access_use(self, command: c.RecordAccessUse, actor: Actor) -> Outcome:
-        return self._execute(command, actor, self._record_access_use)
+        return self.execute(command, actor)
 
     def _record_access_use(self, cmd: c.RecordAccessUse, act: Act) -> Decision:
         grant = self.load(AccessGrant, cmd.grant_id, "grant_id", cmd.etag)
@@ -737,16 +851,40 @@ class MarketLedger(Application[UUID]):
         )
         return Decision(grant, [grant])
 
-    # --- dispatch -------------------------------------------------------------------
-
-    def execute(self, command: c.Command, actor: Actor) -> Outcome:
-        """Runs any command by its type (used by batch ingest and tests)."""
-        method: Callable[[Any, Actor], Outcome] = getattr(self, _method_name(command.kind))
-        return method(command, actor)
-
     def head_position(self) -> int:
         with self.database_errors():
             return self.recorder.max_notification_id() or 0
+
+
+def _named_ids(items: Sequence[tuple[c.Command, Actor]]) -> list[UUID]:
+    """The aggregates a batch names: its request markers and every id field."""
+    ids: list[UUID] = []
+    for command, _actor in items:
+        names = _ID_FIELDS.get(type(command))
+        if names is None:
+            names = _ID_FIELDS[type(command)] = [
+                f.name for f in fields(command) if f.name.endswith("_id")
+            ]
+        for name in names:
+            value = getattr(command, name)
+            try:
+                if name == "request_id":
+                    ids.append(marker_id_of(parse_request_id(value)))
+                elif value:
+                    ids.append(UUID(value))
+            except (ValueError, LedgerError):
+                continue  # reported when the command runs
+    return ids
+
+
+_ID_FIELDS: dict[type[c.Command], list[str]] = {}
+
+
+def _reused(request_id: str, command: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"request_id {request_id} was already used for a different {command} request; "
+        "use a new request_id for a new request"
+    )
 
 
 def _venue(resource: LedgerAggregate) -> str | None:

@@ -22,6 +22,13 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteFactory
 from psycopg.sql import SQL, Identifier
 
 ReadVersions = Mapping[UUID, int]
+# ``select_events_after({aggregate_id: version})`` returns each aggregate's stored events
+# after the given version, in order: one query for a whole batch of commands instead of
+# one per aggregate.
+After = Mapping[UUID, int]
+EventsById = dict[UUID, list[StoredEvent]]
+
+_SQLITE_CHUNK = 500
 
 
 def _moved(read_versions: ReadVersions, current: Mapping[UUID, int]) -> list[UUID]:
@@ -65,6 +72,34 @@ class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 (list(ids), list(versions)),
             )
 
+    def select_events_after(self, after: After) -> EventsById:
+        found: EventsById = {}
+        if not after:
+            return found
+        ids, versions = zip(*after.items(), strict=True)
+        statement = SQL(
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+            "FROM {schema}.{table} e "
+            "JOIN unnest(%s::uuid[], %s::bigint[]) AS r(id, version) "
+            "ON e.originator_id = r.id AND e.originator_version > r.version "
+            "ORDER BY e.originator_id, e.originator_version"
+        ).format(
+            schema=Identifier(self.datastore.schema),
+            table=Identifier(self.events_table_name),
+        )
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (list(ids), list(versions)), prepare=True)
+            for row in curs.fetchall():
+                found.setdefault(row["originator_id"], []).append(
+                    StoredEvent(
+                        originator_id=row["originator_id"],
+                        originator_version=row["originator_version"],
+                        topic=row["topic"],
+                        state=bytes(row["state"]),
+                    )
+                )
+        return found
+
 
 class FencedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
     def _insert_events(
@@ -87,6 +122,33 @@ class FencedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
                 _fail(moved)
         return returning
 
+    def select_events_after(self, after: After) -> EventsById:
+        found: EventsById = {}
+        items = list(after.items())
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(items), _SQLITE_CHUNK):
+                chunk = dict(items[start : start + _SQLITE_CHUNK])
+                by_hex = {i.hex: i for i in chunk}
+                c.execute(
+                    "SELECT originator_id, originator_version, topic, state "  # noqa: S608
+                    f"FROM {self.events_table_name} "
+                    f"WHERE originator_id IN ({','.join('?' * len(chunk))}) "
+                    "ORDER BY originator_id, originator_version",
+                    list(by_hex),
+                )
+                for row in c.fetchall():
+                    originator_id = by_hex[row["originator_id"]]
+                    if row["originator_version"] > chunk[originator_id]:
+                        found.setdefault(originator_id, []).append(
+                            StoredEvent(
+                                originator_id=originator_id,
+                                originator_version=row["originator_version"],
+                                topic=row["topic"],
+                                state=row["state"],
+                            )
+                        )
+        return found
+
 
 class FencedPOPOApplicationRecorder(POPOApplicationRecorder):
     def _assert_uniqueness(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
@@ -97,6 +159,14 @@ class FencedPOPOApplicationRecorder(POPOApplicationRecorder):
             moved = _moved(read_versions, current)
             if moved:
                 _fail(moved)
+
+    def select_events_after(self, after: After) -> EventsById:
+        found: EventsById = {}
+        for originator_id, version in after.items():
+            events = list(self.select_events(originator_id, gt=version))
+            if events:
+                found[originator_id] = events
+        return found
 
 
 class FencedPostgresFactory(PostgresFactory):

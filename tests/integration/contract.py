@@ -183,3 +183,23 @@ class ApplicationContract:
         ]
         assert trades == []
         other.close()
+
+    def test_a_process_sees_what_another_process_wrote_since_its_last_command(
+        self, database_url: str, clock: FakeClock
+    ) -> None:
+        market = new_market(self.open(database_url, clock), clock)
+        listing_id = market.listed()
+        market.sell(listing_id)  # this process now holds the listing as it left it
+        other = self.open(database_url, clock)  # another server on the same store
+        other.execute(c.SuspendListing(request_id=rid(), listing_id=listing_id), market.actor)
+        with pytest.raises(RuleViolation) as refused:
+            market.run(market.sale_command(listing_id))
+        assert refused.value.reason == "R05_LISTING_NOT_LISTED"
+        results = market.app.execute_batch(
+            [
+                (c.ReinstateListing(request_id=rid(), listing_id=listing_id), market.actor),
+                (market.sale_command(listing_id), market.actor),
+            ]
+        )
+        assert not [r for r in results if isinstance(r, Exception)], results
+        other.close()

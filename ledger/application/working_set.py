@@ -1,0 +1,197 @@
+"""The aggregates one batch of commands reads and changes, loaded once for the batch.
+
+A batch (an ingest call, or the single commands that arrived together) runs command
+after command against one working set and is written in one transaction. Later
+commands see what earlier ones did, as if each had been written on its own. A command
+that fails leaves no trace: the aggregates it changed go back to their state before it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from copy import deepcopy
+from typing import Any, Protocol
+from uuid import UUID
+
+from eventsourcing.persistence import Mapper, StoredEvent
+
+from ledger.domain.base import LedgerAggregate
+
+# The references an aggregate holds to others, loaded along with it: a sale names the
+# listing, a grant its trade, the trade its listing and parties.
+REFERENCE_SUFFIX = "_id"
+
+
+class BatchReader(Protocol):
+    def select_events_after(self, after: Mapping[UUID, int]) -> dict[UUID, list[StoredEvent]]: ...
+
+
+class CleanCache:
+    """Aggregates as stored, most recently used last; only the batch runner touches it.
+
+    Each entry is at a version that was committed; a batch brings it up to date with the
+    events stored after that version (by any process) before using a copy of it.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._entries: OrderedDict[UUID, LedgerAggregate] = OrderedDict()
+
+    def get(self, aggregate_id: UUID) -> LedgerAggregate | None:
+        aggregate = self._entries.get(aggregate_id)
+        if aggregate is not None:
+            self._entries.move_to_end(aggregate_id)
+        return aggregate
+
+    def put(self, aggregate: LedgerAggregate) -> None:
+        self._entries[aggregate.id] = aggregate
+        self._entries.move_to_end(aggregate.id)
+        while len(self._entries) > self.maxsize:
+            self._entries.popitem(last=False)
+
+    def discard(self, aggregate_id: UUID) -> None:
+        self._entries.pop(aggregate_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def snapshot(aggregate: LedgerAggregate) -> LedgerAggregate:
+    """An independent copy of an aggregate's state, without its pending events."""
+    state = {k: v for k, v in aggregate.__dict__.items() if k != "_pending_events"}
+    copy = object.__new__(type(aggregate))
+    copy.__dict__.update(deepcopy(state))
+    copy.__dict__["_pending_events"] = []
+    return copy
+
+
+class WorkingSet:
+    def __init__(self, reader: BatchReader, mapper: Mapper[UUID], cache: CleanCache) -> None:
+        self._reader = reader
+        self._mapper = mapper
+        self._cache = cache
+        self._aggregates: dict[UUID, LedgerAggregate] = {}
+        self._absent: set[UUID] = set()
+        # Each loaded aggregate as stored (not to be changed), and its version in the
+        # store; version 0 if the batch creates it.
+        self._clean: dict[UUID, LedgerAggregate] = {}
+        self._stored: dict[UUID, int] = {}
+        # For the command under way: pending events of each aggregate it touched, at the
+        # first touch.
+        self._marks: dict[UUID, int] = {}
+        self._changed: dict[UUID, LedgerAggregate] = {}
+        self._events: list[Any] = []
+        self._read: set[UUID] = set()
+
+    # --- loading --------------------------------------------------------------------
+
+    def load(self, ids: Iterable[UUID], follow_references: bool = True) -> None:
+        """Loads the aggregates of ``ids`` not loaded yet in one query and, when
+        ``follow_references``, those they refer to in one more."""
+        loaded = self._load(ids)
+        if follow_references:
+            self._load(ref for aggregate in loaded for ref in _references(aggregate))
+
+    def _load(self, ids: Iterable[UUID]) -> list[LedgerAggregate]:
+        wanted = [
+            i for i in dict.fromkeys(ids) if i not in self._aggregates and i not in self._absent
+        ]
+        if not wanted:
+            return []
+        clean = {i: self._cache.get(i) for i in wanted}
+        after = {i: (a.version if a is not None else 0) for i, a in clean.items()}
+        stored = self._reader.select_events_after(after)
+        loaded = []
+        for i, cached in clean.items():
+            events = stored.get(i, ())
+            if cached is None and not events:
+                self._absent.add(i)
+                continue
+            # Cached entries are never changed in place: a batch may still hold them.
+            aggregate: Any = snapshot(cached) if cached is not None and events else cached
+            for event in events:
+                aggregate = self._mapper.to_domain_event(event).mutate(aggregate)  # type: ignore[attr-defined]
+            assert isinstance(aggregate, LedgerAggregate)  # for mypy
+            if events:
+                self._cache.put(aggregate)
+            self._clean[i] = aggregate
+            self._stored[i] = aggregate.version
+            self._aggregates[i] = working = snapshot(aggregate)
+            loaded.append(working)
+        return loaded
+
+    def get(self, aggregate_id: UUID) -> LedgerAggregate | None:
+        """The aggregate as the command under way sees it; None if it does not exist."""
+        if aggregate_id not in self._aggregates and aggregate_id not in self._absent:
+            self._load([aggregate_id])
+        aggregate = self._aggregates.get(aggregate_id)
+        if aggregate is not None and aggregate_id not in self._marks:
+            self._marks[aggregate_id] = len(aggregate.pending_events)
+        return aggregate
+
+    # --- one command at a time ------------------------------------------------------
+
+    def begin(self) -> None:
+        """Starts the next command."""
+        self._marks.clear()
+
+    def accept(self, changed: Iterable[LedgerAggregate], read: Iterable[LedgerAggregate]) -> None:
+        """Keeps what the command under way changed, for the commands after it; its
+        events are written after those of the commands before it, aggregate by
+        aggregate in the order given."""
+        seen: set[UUID] = set()
+        for aggregate in changed:
+            if aggregate.id in seen:
+                continue
+            seen.add(aggregate.id)
+            self._events.extend(aggregate.pending_events[self._marks.get(aggregate.id, 0) :])
+            self._aggregates[aggregate.id] = aggregate
+            self._absent.discard(aggregate.id)
+            self._stored.setdefault(aggregate.id, 0)
+            self._changed[aggregate.id] = aggregate
+        self._read.update(a.id for a in read)
+        self._marks.clear()
+
+    def discard(self) -> None:
+        """Puts back every aggregate the failed command under way changed."""
+        for aggregate_id, mark in self._marks.items():
+            aggregate = self._aggregates[aggregate_id]
+            if len(aggregate.pending_events) != mark:
+                self._aggregates[aggregate_id] = self._restore(aggregate, mark)
+        self._marks.clear()
+
+    def _restore(self, aggregate: LedgerAggregate, mark: int) -> LedgerAggregate:
+        kept = aggregate.pending_events[:mark]
+        clean = self._clean.get(aggregate.id)
+        restored: Any = snapshot(clean) if clean is not None else None
+        for event in kept:
+            restored = event.mutate(restored)
+        assert isinstance(restored, LedgerAggregate)  # for mypy
+        restored.pending_events[:] = kept
+        return restored
+
+    # --- writing --------------------------------------------------------------------
+
+    def events(self) -> list[Any]:
+        """The events of the accepted commands, in the order they are to be written."""
+        return self._events
+
+    def read_versions(self) -> dict[UUID, int]:
+        """Read fences: the stored versions of what the batch read and did not change."""
+        return {i: self._stored[i] for i in self._read if i not in self._changed}
+
+    def written(self) -> None:
+        """After the batch's transaction committed: its aggregates are as stored."""
+        for aggregate in self._changed.values():
+            aggregate.pending_events.clear()
+            self._cache.put(aggregate)
+
+
+def _references(aggregate: LedgerAggregate) -> Iterator[UUID]:
+    for name, value in aggregate.__dict__.items():
+        if name.endswith(REFERENCE_SUFFIX) and isinstance(value, str | UUID):
+            try:
+                yield value if isinstance(value, UUID) else UUID(value)
+            except ValueError:
+                continue
