@@ -145,7 +145,12 @@ def test_a_batch_of_failures_writes_nothing(market: Market) -> None:
 
 def test_a_single_command_runs_alone_when_no_batch_is_under_way() -> None:
     batches: list[list[int]] = []
-    group: GroupCommit[int, int] = GroupCommit(lambda items: batches.append(items) or items)
+
+    def run(items: list[int]) -> list[int]:
+        batches.append(items)
+        return items
+
+    group: GroupCommit[int, int] = GroupCommit(run)
     assert group.submit([1]) == [1]
     assert group.submit([2, 3]) == [2, 3]
     assert batches == [[1], [2, 3]]
