@@ -18,6 +18,7 @@ from ledger.bench.runner import Options, Result
 from ledger.bench.stores import load, temporary_store
 from ledger.bootstrap import build_projections
 from ledger.projections.engine import ProjectionManager
+from ledger.projections.parallel import catch_up
 
 SCAN_BATCH = 10_000
 
@@ -51,7 +52,8 @@ def _catch_up_one(manager: ProjectionManager, name: str) -> float:
 
 def rebuild(options: Options) -> Result:
     """Builds every projection from the whole log at once, as the engine catches up a
-    new store, next to a raw scan+decode of it; then rebuilds each one alone."""
+    new store (in a process per core, see ``ledger.projections.parallel``), next to a raw
+    scan+decode of it; then rebuilds each one alone."""
     backend = options.backend
     with temporary_store(backend, options.postgres_url) as settings:
         app = load(settings, options.events, options.seed, options.progress)
@@ -59,7 +61,7 @@ def rebuild(options: Options) -> Result:
         scanned, scan_s = _scan_decode(app.recorder, head)
         manager = build_projections(settings, app)
         started = time.perf_counter()
-        manager.catch_up(timeout_s=options.catch_up_timeout_s)
+        catch_up(settings, manager, timeout_s=options.catch_up_timeout_s)
         together_s = time.perf_counter() - started
         per_projection = {}
         for name in manager.projections:

@@ -53,6 +53,12 @@ def add_parser(commands: Any, settings_from: Callable[[argparse.Namespace], Sett
         "run", help="follow the log and keep the projections current until stopped"
     )
     run.add_argument("--once", action="store_true", help="catch up once, then exit")
+    run.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="with --once: fold the projections in this many processes (default: one per core)",
+    )
 
     def dispatch(args: argparse.Namespace) -> int:
         settings = settings_from(args)
@@ -218,7 +224,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     app, manager = _open(settings)
     try:
         if args.once:
-            manager.catch_up(timeout_s=24 * 3600)
+            from ledger.projections.parallel import catch_up
+
+            catch_up(settings, manager, args.processes, timeout_s=24 * 3600)
             return 0
         stop = threading.Event()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -417,12 +417,15 @@ class ProjectionManager:
                 ),
             )
 
-    def run_once(self) -> int:
-        """One batch for every generation that is not failed or retired: read once for
-        all the generations at one position, applied by each in a transaction of its own."""
+    def run_once(self, names: Collection[str] | None = None) -> int:
+        """One batch for every generation that is not failed or retired (of the
+        projections ``names``, if given): read once for all the generations at one
+        position, applied by each in a transaction of its own."""
         at: dict[int, list[Generation]] = {}
         for gen in self.generations():
             if gen.state in (FAILED, RETIRED) or gen.name not in self.projections:
+                continue
+            if names is not None and gen.name not in names:
                 continue
             if not self.leases.held(gen.name):
                 continue
@@ -469,13 +472,18 @@ class ProjectionManager:
                 raise outcome
         return sum(o for o in outcomes if isinstance(o, int))
 
-    def catch_up(self, timeout_s: float = 60.0) -> None:
-        """Runs batches until every active generation reaches the head (tests, CLI)."""
+    def catch_up(
+        self, timeout_s: float = 60.0, names: Collection[str] | None = None, *, drop: bool = True
+    ) -> None:
+        """Runs batches until every active generation (of the projections ``names``, if
+        given) reaches the head (tests, CLI), then drops retired tables unless ``drop``
+        is false."""
         deadline = time.monotonic() + timeout_s
-        while self.run_once():
+        while self.run_once(names):
             if time.monotonic() > deadline:
                 raise TimeoutError("projections did not catch up in time")
-        self.drop_retired()
+        if drop:
+            self.drop_retired()
 
     def wake(self) -> None:
         self._wake.set()
