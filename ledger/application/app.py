@@ -305,7 +305,9 @@ class MarketLedger(Application[UUID]):
         events = batch.working.events()
         if not events:
             return {}
-        recordings = self.save(*events, read_versions=batch.working.read_versions())
+        # The events in the order the commands made them (``save`` would group them by
+        # aggregate), put straight into the event store.
+        recordings = self.events.put(events, read_versions=batch.working.read_versions())
         batch.working.written()
         return {
             r.domain_event.originator_id: r.notification.id

@@ -28,7 +28,9 @@ class Command:
     def fingerprint(self) -> str:
         """A digest of the request, minus its request_id: the same request_id must carry
         the same fingerprint, or it is a different request."""
-        data = dataclasses.asdict(self)
+        # Fields hold plain values (no nested dataclasses), so this equals what
+        # ``dataclasses.asdict`` gives, without its recursive copy.
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data.pop("request_id")
         data["kind"] = self.kind
         return hashlib.sha256(
