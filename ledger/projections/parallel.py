@@ -13,11 +13,13 @@ database), so the result never depends on a worker finishing.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 from typing import Any
 
 from ledger.projections.engine import ProjectionManager
@@ -96,30 +98,19 @@ def catch_up(
             manager.catch_up(timeout_s)
         return
     mine, *theirs = groups(names, count)
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(
-            target=_work,
-            args=(settings, group, timeout_s),
-            name=f"projections-{'-'.join(group)}",
-            daemon=True,
-        )
-        for group in theirs
-    ]
-    for worker in workers:
-        worker.start()
+    workers = [_start(settings, group, timeout_s) for group in theirs]
     try:
         with bulk_gc():
             manager.catch_up(timeout_s, mine, drop=False)
         for worker in workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-            if worker.is_alive():
-                raise TimeoutError("projections did not catch up in time")
+            worker.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise TimeoutError("projections did not catch up in time") from None
     finally:
         for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-                worker.join()
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
     # What a worker left (it died, or the database failed it) is folded here.
     with bulk_gc():
         manager.catch_up(max(1.0, deadline - time.monotonic()))
@@ -134,6 +125,22 @@ def _lag(manager: ProjectionManager) -> int:
         if g.name in manager.projections and g.state not in ("FAILED", "RETIRED")
     ]
     return head - min(positions) if positions else 0
+
+
+def _start(settings: Settings, names: list[str], timeout_s: float) -> subprocess.Popen[bytes]:
+    """Starts a worker process for ``names``: a fresh interpreter that imports only the
+    engine (not the program that called), given the settings as ``LEDGER_*`` variables."""
+    env = dict(os.environ)
+    for field in fields(settings):
+        value = getattr(settings, field.name)
+        key = f"LEDGER_{field.name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return subprocess.Popen(
+        [sys.executable, "-m", __name__, str(timeout_s), *names], env=env, stdin=subprocess.DEVNULL
+    )
 
 
 def _work(settings: Settings, names: list[str], timeout_s: float) -> None:
@@ -152,3 +159,7 @@ def _work(settings: Settings, names: list[str], timeout_s: float) -> None:
             manager.db.close()
     finally:
         app.close()
+
+
+if __name__ == "__main__":
+    _work(Settings.from_env(), sys.argv[2:], float(sys.argv[1]))
