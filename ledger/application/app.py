@@ -306,13 +306,15 @@ class MarketLedger(Application[UUID]):
         if not events:
             return {}
         # The events in the order the commands made them (``save`` would group them by
-        # aggregate), put straight into the event store.
-        recordings = self.events.put(events, read_versions=batch.working.read_versions())
+        # aggregate), straight to the recorder.
+        stored = [self.mapper.to_stored_event(e) for e in events]
+        positions = self.recorder.insert_events(stored, read_versions=batch.working.read_versions())
+        assert positions is not None  # for mypy: the application recorder returns them
         batch.working.written()
         return {
-            r.domain_event.originator_id: r.notification.id
-            for r in recordings
-            if isinstance(r.domain_event, RequestMarker.Created)
+            UUID(str(s.originator_id)): position
+            for s, position in zip(stored, positions, strict=True)
+            if s.topic == RequestMarker.Created.TOPIC
         }
 
     def _act(self, command: c.Command, actor: Actor, request_id: str) -> Act:
