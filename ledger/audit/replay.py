@@ -1,28 +1,37 @@
 """Replay of the event log for auditors: events in log order with their kept chain
 hashes, filtered, batched into messages, and read only as fast as they are taken.
 
-``EventReplay.messages`` is a generator: it reads the next batch of the log only when
-the previous message has been taken, so a stalled client holds at most one batch of
-encoded events in the server. Events are sent once the ``chain`` projection has hashed
-them; a stream that is not following ends at the head of the log as it was when the
-stream started (or at ``to_position``).
+``EventReplay.messages`` reads the log a batch at a time in a thread of its own, one
+batch ahead of what the client has taken: the next batch is read and encoded while the
+previous one is on its way, and a stalled client holds at most three batches of encoded
+events in the server (the one being sent, one waiting, one encoded and waiting to be
+handed over). Events are sent once the ``chain`` projection has hashed them; a stream
+that is not following ends at the head of the log as it was when the stream started (or
+at ``to_position``).
+
+An unfiltered replay encodes the stored rows for the wire directly (``encode_rows``); a
+filtered one decodes them into canonical events, which the filters look at, and encodes
+those (``encode_event``): the same bytes either way.
 """
 
 from __future__ import annotations
 
+import contextvars
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, TypeVar, cast
 
 from ledger.application.events import EVENT_TYPES, CanonicalEvent
 from ledger.audit.canonical import format_time
-from ledger.audit.stored import AuditReader
-from ledger.audit.wire import encode_event
+from ledger.audit.stored import AuditReader, LinkedRow, decode_rows
+from ledger.audit.wire import encode_event, encode_rows
 from ledger.domain.errors import FieldViolation, InvalidArgument, Unavailable
-from ledger.projections.chain import AuditChain, chain_hashes
+from ledger.projections.chain import AuditChain
 from ledger.projections.db import Tx
 from ledger.projections.engine import Tables
 
@@ -30,18 +39,22 @@ DEFAULT_EVENTS_PER_MESSAGE: Final = 500
 MAX_EVENTS_PER_MESSAGE: Final = 5000
 # A message stays well under the server's 4 MiB limit, whatever the payloads hold.
 MAX_MESSAGE_BYTES: Final = 1 << 20
-# Events read, decoded and encoded at a time: a stalled client holds one batch's
-# messages, and the transient memory of decoding it.
-READ_BATCH: Final = 500
+# Stored events read, decoded and encoded at a time: a stalled client holds the messages
+# of three batches (and the rows of two more), a few MiB.
+READ_BATCH: Final = 1000
 CHAIN_RECHECK_S: Final = 1.0
 # How long a stream waits for the chain projection to hash events that are stored.
 CHAIN_WAIT_S: Final = 30.0
 # How often a following stream looks for new events (and whether its client left).
 FOLLOW_POLL_S: Final = 0.02
+# How often a reader thread waiting to hand over a batch looks whether its client left.
+HANDOVER_POLL_S: Final = 0.5
 MAX_FILTER_VALUES: Final = 1000
 # Streams a server runs at once: a stalled client keeps its worker thread, and the
 # server's other clients need the rest (it has 16 by default).
 MAX_REPLAY_STREAMS: Final = 8
+
+_Batch = TypeVar("_Batch")
 
 _UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -162,8 +175,55 @@ class EventReplay:
         self, query: ReplayQuery, is_active: Callable[[], bool] = lambda: True
     ) -> Iterator[list[tuple[CanonicalEvent, str]]]:
         """Yields the matching events with their chain hashes, in log order, a read batch
-        at a time (batches may be empty while following)."""
+        at a time."""
         matches = query.predicate()
+        for rows in self._rows(query, is_active):
+            hashes = {row[0]: row[5] for row in rows}
+            events = decode_rows([row[:5] for row in rows])
+            rows.clear()
+            batch = [
+                (event, hashes[event["position"]] or "")
+                for event in events
+                if matches is None or matches(event)
+            ]
+            del events, hashes  # while suspended, hold only what is yielded
+            yield batch
+            del batch
+
+    def messages(
+        self, query: ReplayQuery, is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[bytes]:
+        """Yields encoded ``ReplayEventsResponse`` messages of at most
+        ``max_events_per_message`` events (and about 1 MiB) each, never empty; the log is
+        read one batch ahead of its encoding, and encoded one batch ahead of the client,
+        each in a thread of its own."""
+        for messages in _ahead(lambda alive: self._message_batches(query, alive), is_active):
+            yield from messages
+            del messages
+
+    def _message_batches(
+        self, query: ReplayQuery, is_active: Callable[[], bool]
+    ) -> Iterator[list[bytes]]:
+        """Yields the messages of each read batch (lists that may be empty)."""
+        limit = query.max_events_per_message
+        if query.predicate() is None:
+            for rows in _ahead(lambda alive: self._rows(query, alive), is_active):
+                framed = encode_rows(rows)
+                rows.clear()
+                yield _pack(framed, limit)
+                del framed
+        else:
+            for batch in self.batches(query, is_active):
+                framed = [encode_event(event, chain_hash) for event, chain_hash in batch]
+                # Emptied in place, so that the suspended reader no longer holds the
+                # decoded events either.
+                batch.clear()
+                yield _pack(framed, limit)
+                del framed
+
+    def _rows(self, query: ReplayQuery, is_active: Callable[[], bool]) -> Iterator[list[LinkedRow]]:
+        """Yields the stored rows up to the end of the query, each with its kept chain
+        hash, a read batch at a time (never empty); markers may be among them."""
         after = max(query.from_position - 1, 0)
         end = query.to_position
         if not query.follow:
@@ -194,61 +254,33 @@ class EventReplay:
             waited_since = None
             assert chain is not None  # for mypy: covered > 0
             stop = covered if end is None else min(covered, end)
-            events, last = self._reader.read(after, self._read_batch, stop)
-            if events:
-                first, last_event = events[0]["position"], events[-1]["position"]
-                try:
-                    hashes = self._hashes(chain[0], first, last_event)
-                except Exception:
-                    # The generation read may have been retired and dropped meanwhile (a
-                    # rebuild); its successor holds the same hashes.
-                    chain, looked_at = self._kept_chain(), time.monotonic()
-                    if chain is None:
-                        raise
-                    hashes = self._hashes(chain[0], first, last_event)
-                batch = [
-                    (event, hashes.get(event["position"], ""))
-                    for event in events
-                    if matches is None or matches(event)
-                ]
-                del events, hashes  # while suspended, hold only what is yielded
-                yield batch
-                del batch
+            try:
+                rows, last = self._reader.read_linked(after, self._read_batch, stop, chain[0])
+            except Exception:
+                # The generation read may have been retired and dropped meanwhile (a
+                # rebuild); its successor holds the same hashes.
+                chain, looked_at = self._kept_chain(), time.monotonic()
+                if chain is None:
+                    raise
+                rows, last = self._reader.read_linked(after, self._read_batch, stop, chain[0])
+            if rows:
+                yield rows
+                del rows  # while suspended, hold only what is yielded
             # No progress means nothing else is stored up to ``stop`` (gaps at the end).
             after = last if last > after else stop
-
-    def messages(
-        self, query: ReplayQuery, is_active: Callable[[], bool] = lambda: True
-    ) -> Iterator[bytes]:
-        """Yields encoded ``ReplayEventsResponse`` messages of at most
-        ``max_events_per_message`` events (and about 1 MiB) each, never empty."""
-        limit = query.max_events_per_message
-        for batch in self.batches(query, is_active):
-            messages = _pack(batch, limit)
-            # Emptied in place, so that the suspended reader no longer holds the decoded
-            # events either. What a stalled client then costs is the messages of one
-            # batch: a few large buffers, not thousands of small objects that would keep
-            # the allocator's arenas (and the server's memory) from being released.
-            batch.clear()
-            yield from messages
 
     def _kept_chain(self) -> tuple[Tables, int] | None:
         """The live generation of the chain projection and the position it has hashed."""
         with self._reader.snapshot() as tx:
             return kept_chain(tx)
 
-    def _hashes(self, tables: Tables, first: int, last: int) -> dict[int, str]:
-        with self._reader.snapshot() as tx:
-            return chain_hashes(tx, tables, first, last)
 
-
-def _pack(batch: Sequence[tuple[CanonicalEvent, str]], limit: int) -> list[bytes]:
-    """Encodes a batch into messages of at most ``limit`` events and about 1 MiB."""
+def _pack(framed: Sequence[bytes], limit: int) -> list[bytes]:
+    """Joins framed events into messages of at most ``limit`` events and about 1 MiB."""
     messages: list[bytes] = []
     pending: list[bytes] = []
     size = 0
-    for event, chain_hash in batch:
-        encoded = encode_event(event, chain_hash)
+    for encoded in framed:
         if pending and (len(pending) >= limit or size + len(encoded) > MAX_MESSAGE_BYTES):
             messages.append(b"".join(pending))
             pending, size = [], 0
@@ -257,6 +289,64 @@ def _pack(batch: Sequence[tuple[CanonicalEvent, str]], limit: int) -> list[bytes
     if pending:
         messages.append(b"".join(pending))
     return messages
+
+
+_END: Final = object()
+
+
+def _ahead(
+    produce: Callable[[Callable[[], bool]], Iterator[_Batch]], is_active: Callable[[], bool]
+) -> Iterator[_Batch]:
+    """Yields what ``produce(alive)`` yields, running it in a thread of its own one item
+    ahead of the caller (it holds at most one more, waiting to be handed over).
+    ``produce`` is to stop when ``alive()`` turns False: when ``is_active()`` does, or
+    when the caller stops taking items. Its error, if any, is raised here after the
+    items before it."""
+    handover: queue.Queue[object] = queue.Queue(maxsize=1)
+    stopped = threading.Event()
+
+    def alive() -> bool:
+        return not stopped.is_set() and is_active()
+
+    def put(item: object) -> bool:
+        while alive():
+            try:
+                handover.put(item, timeout=HANDOVER_POLL_S)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def run() -> None:
+        outcome: object = _END
+        try:
+            for item in produce(alive):
+                if not put(item):
+                    return
+        except BaseException as error:  # handed over, and raised by the caller
+            outcome = error
+        put(outcome)
+
+    # The thread runs in the caller's context (its log fields, for one).
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(run,), name="replay-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                item = handover.get(timeout=HANDOVER_POLL_S)
+            except queue.Empty:
+                if thread.is_alive() or not handover.empty():
+                    continue
+                return  # it stopped because the caller's client left
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield cast(_Batch, item)  # what ``produce`` yielded
+            del item
+    finally:
+        stopped.set()
 
 
 def kept_chain(tx: Tx) -> tuple[Tables, int] | None:

@@ -6,6 +6,10 @@ SQLite is read on read-only connections of their own (in WAL mode readers neithe
 for writers nor hold them up, and take no write lock for the chain's tables), markers
 are left out by the query, and a row that has no canonical form is reported with its
 position. Rows are decoded by ``canonical_rows``, the log's one decoder.
+
+Replay reads each row with the chain hash the ``chain`` projection kept for it
+(``read_linked``), in the same statement on SQLite and PostgreSQL, so that a batch costs
+one query and the rows can be encoded for the wire without an intermediate form.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from uuid import UUID
 
 from ledger.application.events import SKIPPED_TOPICS, CanonicalEvent, EventLog, canonical_rows
 from ledger.domain.errors import Unavailable
-from ledger.projections.db import Database, Tx
+from ledger.projections.chain import chain_hashes
+from ledger.projections.db import Database, PostgresDatabase, Tx
+from ledger.projections.engine import Tables
 
 _HEX_ID: Final = re.compile(r"[0-9a-f]{32}")
 _SKIPPED: Final = tuple(sorted(SKIPPED_TOPICS))
@@ -30,6 +36,8 @@ _DECODE_ERRORS: Final = (ValueError, KeyError, TypeError, AttributeError, Recurs
 
 # (position, aggregate id as a canonical UUID text, aggregate version, topic, state)
 Row = tuple[int, str, int, str, bytes]
+# A row and the chain hash kept for its position (None where the chain has none).
+LinkedRow = tuple[int, str, int, str, bytes, str | None]
 
 
 class UndecodableEvent(ValueError):
@@ -42,7 +50,8 @@ class UndecodableEvent(ValueError):
 
 
 class LogReader(Protocol):
-    """Reads the business log in position order, as ``EventLog.read`` does."""
+    """Reads the business log in position order, as ``EventLog.read`` does, and its rows
+    with their kept chain hashes."""
 
     def read(
         self, after: int, limit: int, stop: int | None = None
@@ -51,14 +60,24 @@ class LogReader(Protocol):
         ``stop``, and the position up to which the log has been read."""
         ...
 
+    def read_linked(
+        self, after: int, limit: int, stop: int | None, chain: Tables
+    ) -> tuple[list[LinkedRow], int]:
+        """As ``read``, but the stored rows (markers may be among them), each with the hash
+        that the chain generation ``chain`` kept for its position."""
+        ...
+
 
 class AuditReader:
     """Reads for auditors, without write locks: the business log (``read``, as
-    ``EventLog.read``) and read-only transactions on the projection tables
-    (``snapshot``), where the kept chain and the checkpoints live."""
+    ``EventLog.read``; ``read_linked``, its rows with their kept chain hashes) and
+    read-only transactions on the projection tables (``snapshot``), where the kept chain
+    and the checkpoints live."""
 
-    def __init__(self, log: LogReader, snapshot: Callable[[], AbstractContextManager[Tx]]) -> None:
-        self._log = log
+    def __init__(
+        self, log: LogReader | EventLog, snapshot: Callable[[], AbstractContextManager[Tx]]
+    ) -> None:
+        self._log = _EventLogReader(log, snapshot) if isinstance(log, EventLog) else log
         self.snapshot = snapshot
 
     def read(
@@ -67,6 +86,38 @@ class AuditReader:
         """Returns the business events after ``after`` up to ``stop`` (at most ``limit``)
         and the position up to which the log has been read."""
         return self._log.read(after, limit, stop)
+
+    def read_linked(
+        self, after: int, limit: int, stop: int | None, chain: Tables
+    ) -> tuple[list[LinkedRow], int]:
+        """Returns the stored rows after ``after`` up to ``stop`` (at most ``limit``), each
+        with the hash the chain generation ``chain`` kept for it, and the position up to
+        which the log has been read. Raises the store's error if that generation's
+        tables are gone (a rebuilt chain's retired generation)."""
+        return self._log.read_linked(after, limit, stop, chain)
+
+
+class _EventLogReader:
+    """``EventLog`` as a ``LogReader``: the kept hashes of its rows are read apart."""
+
+    def __init__(self, log: EventLog, snapshot: Callable[[], AbstractContextManager[Tx]]) -> None:
+        self._log = log
+        self._snapshot = snapshot
+
+    def read(
+        self, after: int, limit: int, stop: int | None = None
+    ) -> tuple[list[CanonicalEvent], int]:
+        return self._log.read(after, limit, stop)
+
+    def read_linked(
+        self, after: int, limit: int, stop: int | None, chain: Tables
+    ) -> tuple[list[LinkedRow], int]:
+        rows, last = self._log.rows(after, limit, stop)
+        if not rows:
+            return [], last
+        with self._snapshot() as tx:
+            hashes = chain_hashes(tx, chain, rows[0][0], rows[-1][0])
+        return [(*row, hashes.get(row[0])) for row in rows], last
 
 
 class StoredEventReader:
@@ -80,14 +131,24 @@ class StoredEventReader:
         self, after: int, limit: int, stop: int | None = None
     ) -> tuple[list[CanonicalEvent], int]:
         rows = self._rows.fetch(after, limit, stop)
-        events = decode_rows(rows)
-        if len(rows) == limit:
-            return events, rows[-1][0]
-        # Fewer rows than asked for: nothing else is stored up to ``stop`` (or up to the
-        # head the query saw, which is at least the last row's position).
-        if stop is not None:
-            return events, max(stop, after)
-        return events, rows[-1][0] if rows else after
+        return decode_rows(rows), _read_up_to(rows, after, limit, stop)
+
+    def read_linked(
+        self, after: int, limit: int, stop: int | None, chain: Tables
+    ) -> tuple[list[LinkedRow], int]:
+        rows = self._rows.fetch_linked(after, limit, stop, chain("links"))
+        return rows, _read_up_to(rows, after, limit, stop)
+
+
+def _read_up_to(rows: Sequence[Row | LinkedRow], after: int, limit: int, stop: int | None) -> int:
+    """The position up to which a fetch of at most ``limit`` business rows read the log."""
+    if len(rows) == limit:
+        return rows[-1][0]
+    # Fewer rows than asked for: nothing else is stored up to ``stop`` (or up to the
+    # head the query saw, which is at least the last row's position).
+    if stop is not None:
+        return max(stop, after)
+    return rows[-1][0] if rows else after
 
 
 def decode_rows(rows: Sequence[Row]) -> list[CanonicalEvent]:
@@ -107,6 +168,10 @@ def decode_rows(rows: Sequence[Row]) -> list[CanonicalEvent]:
 
 class _RowSource(Protocol):
     def fetch(self, after: int, limit: int, stop: int | None) -> list[Row]: ...
+
+    def fetch_linked(
+        self, after: int, limit: int, stop: int | None, links: str
+    ) -> list[LinkedRow]: ...
 
 
 class _ReadTx:
@@ -136,11 +201,23 @@ class SqliteRows:
     def __init__(self, path: str, table: str) -> None:
         self._uri = Path(path).resolve().as_uri() + "?mode=ro"
         self._local = threading.local()
+        self._table = table
+        self._query = self._select(table, "")
+        self._linked: dict[str, str] = {}
+
+    @staticmethod
+    def _select(table: str, links: str) -> str:
+        # The table names are the library's and the chain projection's own.
         skipped = ",".join("?" * len(_SKIPPED))
-        self._query = (
-            "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608 (the library's table name)
-            f"FROM {table} WHERE rowid > ? AND rowid <= ? AND topic NOT IN ({skipped}) "
-            "ORDER BY rowid LIMIT ?"
+        linked = (
+            f", (SELECT l.chain_hash FROM {links} l WHERE l.position = e.rowid)"  # noqa: S608
+            if links
+            else ""
+        )
+        return (
+            "SELECT e.rowid, e.originator_id, e.originator_version, e.topic, e.state"  # noqa: S608
+            f"{linked} FROM {table} e WHERE e.rowid > ? AND e.rowid <= ? "
+            f"AND e.topic NOT IN ({skipped}) ORDER BY e.rowid LIMIT ?"
         )
 
     def _connection(self) -> sqlite3.Connection:
@@ -155,14 +232,17 @@ class SqliteRows:
             self._local.connection = connection
         return connection
 
-    def fetch(self, after: int, limit: int, stop: int | None) -> list[Row]:
+    def _fetch(self, query: str, after: int, limit: int, stop: int | None) -> list[Any]:
         upper = MAX_POSITION if stop is None else stop
         try:
-            stored: list[Row] = (
-                self._connection().execute(self._query, (after, upper, *_SKIPPED, limit)).fetchall()
+            stored: list[Any] = (
+                self._connection().execute(query, (after, upper, *_SKIPPED, limit)).fetchall()
             )
         except sqlite3.OperationalError as error:
             raise Unavailable(f"the event store cannot be read: {error}") from error
+        return stored
+
+    def fetch(self, after: int, limit: int, stop: int | None) -> list[Row]:
         hex_id = _HEX_ID.fullmatch
         # The library stores ids as 32 lowercase hex digits.
         return [
@@ -173,7 +253,24 @@ class SqliteRows:
                 t,
                 s,
             )
-            for p, o, v, t, s in stored
+            for p, o, v, t, s in self._fetch(self._query, after, limit, stop)
+        ]
+
+    def fetch_linked(self, after: int, limit: int, stop: int | None, links: str) -> list[LinkedRow]:
+        query = self._linked.get(links)
+        if query is None:
+            query = self._linked[links] = self._select(self._table, links)
+        hex_id = _HEX_ID.fullmatch
+        return [
+            (
+                p,
+                f"{o[:8]}-{o[8:12]}-{o[12:16]}-{o[16:20]}-{o[20:]}" if hex_id(o) else _uuid(p, o),
+                v,
+                t,
+                s,
+                h,
+            )
+            for p, o, v, t, s, h in self._fetch(query, after, limit, stop)
         ]
 
     @contextmanager
@@ -200,23 +297,50 @@ def _uuid(position: int, stored: str) -> str:
 
 
 class PostgresRows:
-    """Business rows of a PostgreSQL store, on the projection database's pool."""
+    """Business rows of a PostgreSQL store, on the projection database's pool: prepared
+    statements with binary results (the states arrive as bytes, not as hex text)."""
 
-    def __init__(self, db: Database, table: str) -> None:
+    def __init__(self, db: PostgresDatabase, table: str) -> None:
         self._db = db
-        skipped = ",".join("?" * len(_SKIPPED))
-        self._query = (
-            "SELECT notification_id, originator_id::text, "  # noqa: S608 (the library's table name)
-            f"originator_version, topic, state FROM {table} "
-            f"WHERE notification_id > ? AND notification_id <= ? AND topic NOT IN ({skipped}) "
-            "ORDER BY notification_id LIMIT ?"
+        self._table = table
+        self._query = self._select(table, "")
+        self._linked: dict[str, Any] = {}
+
+    @staticmethod
+    def _select(table: str, links: str) -> Any:
+        from psycopg.sql import SQL, Identifier
+
+        linked = (
+            SQL(", (SELECT l.chain_hash FROM {} l WHERE l.position = e.notification_id)").format(
+                Identifier(links)
+            )
+            if links
+            else SQL("")
         )
+        return SQL(
+            "SELECT e.notification_id, e.originator_id::text, e.originator_version, e.topic, "
+            "e.state{linked} FROM {table} e "
+            "WHERE e.notification_id > %s AND e.notification_id <= %s AND e.topic <> ALL(%s) "
+            "ORDER BY e.notification_id LIMIT %s"
+        ).format(linked=linked, table=Identifier(table))
+
+    def _fetch(self, query: Any, after: int, limit: int, stop: int | None) -> list[Any]:
+        upper = MAX_POSITION if stop is None else stop
+        with postgres_errors(), self._db.pool.connection() as connection:
+            cursor = connection.execute(
+                query, (after, upper, list(_SKIPPED), limit), prepare=True, binary=True
+            )
+            rows: list[Any] = cursor.fetchall()
+        return rows
 
     def fetch(self, after: int, limit: int, stop: int | None) -> list[Row]:
-        upper = MAX_POSITION if stop is None else stop
-        with postgres_errors(), self._db.transaction() as tx:
-            rows = tx.fetchall(self._query, (after, upper, *_SKIPPED, limit))
-        return [(p, o, v, t, bytes(s)) for p, o, v, t, s in rows]
+        return self._fetch(self._query, after, limit, stop)
+
+    def fetch_linked(self, after: int, limit: int, stop: int | None, links: str) -> list[LinkedRow]:
+        query = self._linked.get(links)
+        if query is None:
+            query = self._linked[links] = self._select(self._table, links)
+        return self._fetch(query, after, limit, stop)
 
     @contextmanager
     def snapshot(self) -> Iterator[Tx]:
@@ -252,7 +376,7 @@ def audit_reader(recorder: Any, db: Database) -> AuditReader:
         if path and path != ":memory:" and not path.startswith("file:"):
             rows = SqliteRows(path, table)
             return AuditReader(StoredEventReader(rows), rows.snapshot)
-    if isinstance(recorder, PostgresApplicationRecorder) and db.dialect == "postgresql":
+    if isinstance(recorder, PostgresApplicationRecorder) and isinstance(db, PostgresDatabase):
         pg_rows = PostgresRows(db, table)
         return AuditReader(StoredEventReader(pg_rows), pg_rows.snapshot)
     return AuditReader(EventLog(recorder), db.transaction)

@@ -7,17 +7,25 @@ payload as the ``Struct`` it stands for (numbers as doubles, ``null``, booleans,
 strings, nested objects and arrays), and ``ReplayEvents`` is registered with a
 pass-through serializer (``add_audit_service``). The tests parse these bytes with the
 generated classes and compare them with messages built through the API.
+
+``encode_rows`` goes further for a whole replay: it writes each stored row (its JSON
+state and its kept chain hash) as the ``Event`` that ``encode_event`` writes for the row's
+canonical event, without building the canonical event in between; a row outside the
+fast path of ``canonical_rows`` is encoded from ``decode_rows``' canonical event instead.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import grpc
+import orjson
 
+from ledger.application.events import EVENT_TOPICS, SKIPPED_TOPICS, untag_payload
+from ledger.audit.stored import LinkedRow, decode_rows
 from ledger.v1 import audit_pb2_grpc
 
 _pack_double: Final = struct.Struct("<d").pack
@@ -68,27 +76,22 @@ _VARINTS: Final[tuple[bytes, ...]] = tuple(_varint_slow(n) for n in range(_SHORT
 _ENTRY_HEADS: Final[tuple[bytes, ...]] = tuple(_ENTRY + v for v in _VARINTS)
 
 
+# The low 14 bits of a larger value, as the first two bytes of its varint.
+_LOW_14: Final[tuple[bytes, ...]] = tuple(
+    bytes((n & 0x7F | 0x80, n >> 7 | 0x80)) for n in range(_SHORT)
+)
+
+
 def varint(value: int) -> bytes:
     """Returns the protobuf varint of a non-negative int (or an int64 in ten bytes)."""
     if 0 <= value < _SHORT:
         return _VARINTS[value]
-    # Positions, seconds and nanoseconds: three to five bytes, written without a loop.
-    if 0 < value < 1 << 21:
-        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    # Positions, seconds and nanoseconds: the varint of a value is the two bytes of its
+    # low 14 bits followed by the varint of the rest.
     if 0 < value < 1 << 28:
-        return bytes(
-            (value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80, value >> 21)
-        )
-    if 0 < value < 1 << 35:
-        return bytes(
-            (
-                value & 0x7F | 0x80,
-                value >> 7 & 0x7F | 0x80,
-                value >> 14 & 0x7F | 0x80,
-                value >> 21 & 0x7F | 0x80,
-                value >> 28,
-            )
-        )
+        return _LOW_14[value & 0x3FFF] + _VARINTS[value >> 14]
+    if 0 < value < 1 << 42:
+        return _LOW_14[value & 0x3FFF] + _LOW_14[value >> 14 & 0x3FFF] + _VARINTS[value >> 28]
     return _varint_slow(value)
 
 
@@ -151,15 +154,53 @@ def _struct(mapping: Mapping[str, Any]) -> bytes:
     """Returns the bytes of a google.protobuf.Struct holding a JSON object."""
     parts: list[bytes] = []
     append = parts.append
-    keys, strings, heads = _keys, _sized_strings, _ENTRY_HEADS
+    keys, string_heads = _keys, _string_heads
     for name, item in mapping.items():
+        if type(item) is str:
+            data = item.encode()
+            size = len(data)
+            if size < _SHORT_STRING:
+                # A string's entry is the head its key has for its length, then the
+                # string itself: no lookup of the string.
+                heads = string_heads.get(name) or _new_string_heads(name)
+                append(heads[size] or _string_head(name, heads, size))
+                append(data)
+                continue
         key = keys.get(name) or _key(name)
-        value = (strings.get(item) or _sized_string(item)) if type(item) is str else _sized(item)
-        size = len(key) + len(value)
-        append(heads[size] if size < _SHORT else _ENTRY + _varint_slow(size))
+        value = _sized(item)
+        append(_entry_head(len(key) + len(value)))
         append(key)
         append(value)
     return b"".join(parts)
+
+
+def _entry_head(size: int) -> bytes:
+    return _ENTRY_HEADS[size] if size < _SHORT else _ENTRY + _varint_slow(size)
+
+
+_SHORT_STRING: Final = 128
+_STRING_HEAD_KEYS: Final = 1024
+# For each Struct key, the bytes before a string of each length below 128 bytes (the
+# entry's tag and length, the key, the Value's tag and length, the string's tag and
+# length), filled in as lengths occur.
+_string_heads: dict[str, list[bytes | None]] = {}
+
+
+def _new_string_heads(name: str) -> list[bytes | None]:
+    heads: list[bytes | None] = [None] * _SHORT_STRING
+    if len(_string_heads) >= _STRING_HEAD_KEYS:
+        _string_heads.clear()
+    _string_heads[name] = heads
+    return heads
+
+
+def _string_head(name: str, heads: list[bytes | None], size: int) -> bytes:
+    key = _keys.get(name) or _key(name)
+    value = _STRING + _VARINTS[size]
+    sized = _VARINTS[len(value) + size] + value
+    head = _entry_head(len(key) + len(sized) + size) + key + sized
+    heads[size] = head
+    return head
 
 
 def _timestamp(text: str) -> bytes:
@@ -234,6 +275,96 @@ def encode_event(event: Mapping[str, Any], chain_hash: str) -> bytes:
         )
     )
     return _EVENTS + varint(len(body)) + body
+
+
+# The aggregate_type and type fields of each event topic.
+_TOPIC_KINDS: Final[dict[str, bytes]] = {
+    topic: _text(_AGGREGATE_TYPE, aggregate_type) + _text(_TYPE, event_type)
+    for topic, (event_type, aggregate_type) in EVENT_TOPICS.items()
+}
+
+
+def encode_rows(rows: Iterable[LinkedRow]) -> list[bytes]:
+    """Returns the framed ``Event`` of each stored business row with its kept chain hash,
+    in order, markers left out: each the bytes of ``encode_event(event, chain_hash or "")``
+    for the row's canonical event (``decode_rows``), whose errors it raises too."""
+    framed: list[bytes] = []
+    append = framed.append
+    loads = orjson.loads
+    kinds_of = _TOPIC_KINDS
+    actors = _actors
+    last_time, last_timestamp = "", b""
+    for row in rows:
+        position, aggregate_id, version, topic, state, chain_hash = row
+        kinds = kinds_of.get(topic)
+        if kinds is None:
+            if topic not in SKIPPED_TOPICS:
+                append(_encode_generic(row))  # raises the row's error
+            continue
+        # The fast path of ``canonical_rows``: the envelope taken out of the state leaves
+        # the payload, and the stored times are UTC with microseconds.
+        try:
+            data = loads(state)
+            stamp = data.pop("timestamp")
+            effective = data.pop("effective_at")
+            actor = (data.pop("actor"), data.pop("role"))
+            request_id = data.pop("request_id")
+            data.pop("originator_topic", None)
+            if not untag_payload(state, topic, stamp, effective, data):
+                raise _Generic
+            recorded_at = stamp["_data_"]
+            effective_at = effective["_data_"]
+            if (
+                len(recorded_at) != 32
+                or recorded_at[26:] != "+00:00"
+                or len(effective_at) != 32
+                or effective_at[26:] != "+00:00"
+            ):
+                raise _Generic
+        except (_Generic, ValueError, KeyError, TypeError, AttributeError):
+            append(_encode_generic(row))
+            continue
+        # A stored time and its canonical text share the parts a Timestamp is made of.
+        # The events of one command share their time, so the last one is kept.
+        if recorded_at != last_time:
+            last_time, last_timestamp = recorded_at, _timestamp(recorded_at)
+        recorded = last_timestamp
+        effective_ts = recorded if effective_at == recorded_at else _timestamp(effective_at)
+        payload = _struct(data)
+        body = b"".join(
+            (
+                _POSITION,
+                varint(position),
+                _text(_AGGREGATE_ID, aggregate_id),
+                kinds,
+                _VERSION,
+                varint(version),
+                _RECORDED_AT,
+                _VARINTS[len(recorded)],
+                recorded,
+                _EFFECTIVE_AT,
+                _VARINTS[len(effective_ts)],
+                effective_ts,
+                actors.get(actor) or _cached(actors, actor, _ACTOR + _ROLE),
+                _text(_REQUEST_ID, request_id),
+                _PAYLOAD,
+                varint(len(payload)),
+                payload,
+                _text(_CHAIN_HASH, chain_hash) if chain_hash else b"",
+            )
+        )
+        append(_EVENTS + varint(len(body)) + body)
+    return framed
+
+
+class _Generic(Exception):
+    """A stored row outside the fast path of ``encode_rows``."""
+
+
+def _encode_generic(row: LinkedRow) -> bytes:
+    """Encodes one row from its canonical event, or raises ``UndecodableEvent``."""
+    (event,) = decode_rows([row[:5]])
+    return encode_event(event, row[5] or "")
 
 
 def encode_message(framed_events: Sequence[bytes]) -> bytes:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from ledger.api import convert
 from ledger.application import commands as c
 from ledger.application.app import MarketLedger
-from ledger.application.events import CanonicalEvent, EventLog
+from ledger.application.events import EVENT_TYPES, CanonicalEvent, EventLog
 from ledger.application.identity import ensure_ledger_id
 from ledger.audit.chain import ChainBuilder, export_lines
 from ledger.audit.checkpoint import Ed25519Signer, sign_checkpoint
@@ -30,6 +31,7 @@ from ledger.clock import FakeClock
 from ledger.projections.chain import AuditChain
 from ledger.projections.engine import ProjectionManager
 from ledger.settings import Settings
+from ledger.v1 import audit_pb2
 from tests.market import Market, new_market, rid
 
 
@@ -109,6 +111,20 @@ class AuditStoreContract:
         replay = EventReplay(store.reader, store.app.head_position)
         replayed = [pair for batch in replay.batches(ReplayQuery()) for pair in batch]
         assert replayed == self.folded(store)
+
+    def test_replayed_messages_are_the_log_with_the_chain_of_a_fold(self, store: Store) -> None:
+        replay = EventReplay(store.reader, store.app.head_position, read_batch=7)
+        expected = self.folded(store)
+        for query in (
+            ReplayQuery.create(max_events_per_message=5),
+            ReplayQuery.create(event_types=sorted(EVENT_TYPES), max_events_per_message=5),
+        ):
+            received = [
+                convert.event_from_pb(event)
+                for message in replay.messages(query)
+                for event in audit_pb2.ReplayEventsResponse.FromString(message).events
+            ]
+            assert received == expected
 
     # --- checkpoints ------------------------------------------------------------------
 

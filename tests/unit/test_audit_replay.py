@@ -8,7 +8,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -31,7 +31,7 @@ from ledger.audit.replay import (
 )
 from ledger.audit.stored import AuditReader, UndecodableEvent, decode_rows
 from ledger.audit.wire import encode_event
-from ledger.domain.errors import InvalidArgument
+from ledger.domain.errors import InvalidArgument, Unavailable
 from ledger.projections.chain import AuditChain
 from ledger.projections.db import SqliteDatabase
 from ledger.projections.engine import ProjectionManager
@@ -301,6 +301,80 @@ def _an_event() -> dict[str, Any]:
         "request_id": str(uuid.uuid4()),
         "payload": {},
     }
+
+
+class FailingReader(AuditReader):
+    """Reads the log as ``AuditReader`` does, and fails from its ``fail_at``-th read on."""
+
+    def __init__(self, reader: AuditReader, fail_at: int) -> None:
+        super().__init__(reader._log, reader.snapshot)
+        self.reads = 0
+        self.fail_at = fail_at
+
+    def read_linked(self, *args: Any) -> Any:
+        self.reads += 1
+        if self.reads >= self.fail_at:
+            raise Unavailable("the store went away")
+        return super().read_linked(*args)
+
+
+def replay_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "replay-read" and t.is_alive()]
+
+
+def test_filtered_and_unfiltered_messages_are_the_same_bytes(
+    market: Market, chain: ProjectionManager
+) -> None:
+    replay = replay_of(market, chain, read_batch=9)
+    everything = ReplayQuery.create(max_events_per_message=4)
+    unfiltered = b"".join(replay.messages(everything))
+    # A filter that keeps every event takes the path of the filters.
+    kept = ReplayQuery.create(event_types=sorted(EVENT_TYPES), max_events_per_message=4)
+    assert b"".join(replay.messages(kept)) == unfiltered
+    parsed = audit_pb2.ReplayEventsResponse.FromString(unfiltered)
+    assert [convert.event_from_pb(e) for e in parsed.events] == folded(market)
+
+
+def test_an_error_while_reading_ahead_is_raised_after_the_messages_before_it(
+    market: Market, chain: ProjectionManager
+) -> None:
+    reader = FailingReader(AuditReader(EventLog(market.app.recorder), chain.db.transaction), 3)
+    replay = EventReplay(reader, market.app.head_position, read_batch=5)
+    received: list[CanonicalEvent] = []
+
+    def receive() -> None:
+        for message in replay.messages(ReplayQuery.create(max_events_per_message=5)):
+            parsed = audit_pb2.ReplayEventsResponse.FromString(message)
+            received.extend(convert.event_from_pb(e)[0] for e in parsed.events)
+
+    with pytest.raises(Unavailable, match="the store went away"):
+        receive()
+    assert received == [event for event, _ in folded(market)][: len(received)]
+    assert 0 < len(received) <= 10, "the two batches read before the failure"
+    _wait(lambda: not replay_threads())
+
+
+def test_the_readers_stop_when_the_client_leaves_or_stops_taking_messages(
+    market: Market, chain: ProjectionManager
+) -> None:
+    for _ in range(3):
+        market.granted()
+    chain.catch_up()
+    replay = replay_of(market, chain, read_batch=2)
+    active = threading.Event()
+    active.set()
+    # A stalled client: it took one message, and the readers wait to hand over the next.
+    stalled = replay.messages(ReplayQuery.create(max_events_per_message=1), active.is_set)
+    assert next(stalled)
+    _wait(lambda: len(replay_threads()) == 2)
+    active.clear()
+    _wait(lambda: not replay_threads())
+    # A client that stops taking messages (the stream is closed).
+    abandoned = replay.messages(ReplayQuery.create(max_events_per_message=1))
+    assert isinstance(abandoned, Generator)
+    assert next(abandoned)
+    abandoned.close()
+    _wait(lambda: not replay_threads())
 
 
 # --- stored rows ------------------------------------------------------------------------
