@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
-from functools import partial
+from functools import cache, partial
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
@@ -896,5 +896,6 @@ def _venue(resource: LedgerAggregate) -> str | None:
     return str(venue) if venue is not None else None
 
 
+@cache
 def _method_name(kind: str) -> str:
     return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in kind).lstrip("_")

@@ -3,6 +3,7 @@ they guard, so a retried or duplicated command can never write twice."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
@@ -15,10 +16,14 @@ ENTITY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:ledger:v1:entity")
 PARTY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:ledger:v1:party")
 
 
+# A command derives the same ids several times (to load them, to check for a replay, to
+# create them); uuid5 is a SHA-1 and an object, so recent ones are kept.
+@lru_cache(maxsize=8192)
 def request_marker_id(request_id: str) -> UUID:
     return uuid5(REQUEST_NAMESPACE, request_id)
 
 
+@lru_cache(maxsize=8192)
 def entity_id(kind: str, request_id: str) -> UUID:
     """The id of the entity a command creates, derived from its request_id."""
     return uuid5(ENTITY_NAMESPACE, f"{kind}:{request_id}")

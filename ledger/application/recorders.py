@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError, ProgrammingError, StoredEvent
 from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteFactory
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 ReadVersions = Mapping[UUID, int]
@@ -60,6 +61,7 @@ class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
     ) -> None:
         self._lock_table(curs)
         self._notify_channel(curs)
+        curs.row_factory = tuple_row
         curs.execute(
             self.insert_events_statement,
             (
@@ -100,6 +102,15 @@ class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 ),
                 (list(ids), list(versions)),
             )
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = [row[0] for row in curs.fetchall()]
+        if len(ids) != len(stored_events):
+            msg = f"{len(ids)} notification ids for {len(stored_events)} events"
+            raise ProgrammingError(msg)
+        return ids
 
     def select_events_after(self, after: After) -> EventsById:
         found: EventsById = {}

@@ -92,12 +92,14 @@ def _immutable(value: object) -> bool:
 
 
 def _copied(value: Any) -> Any:
-    if _immutable(value):
-        return value
     kind = type(value)
-    if (kind is set or kind is list) and all(_immutable(v) for v in value):
+    if kind in _IMMUTABLE_TYPES or _immutable(value):
+        return value
+    if (kind is set or kind is list) and all(
+        type(v) in _IMMUTABLE_TYPES or _immutable(v) for v in value
+    ):
         return kind(value)
-    if kind is dict and all(_immutable(v) for v in value.values()):
+    if kind is dict and all(type(v) in _IMMUTABLE_TYPES or _immutable(v) for v in value.values()):
         return dict(value)
     return deepcopy(value)
 
