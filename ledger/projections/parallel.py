@@ -54,8 +54,12 @@ def groups(names: Sequence[str], count: int) -> list[list[str]]:
     return [group for group in split if group]
 
 
-def default_processes() -> int:
-    """One worker per core the process may run on."""
+def default_processes(manager: ProjectionManager) -> int:
+    """On PostgreSQL one process per core the program may run on. On SQLite one: its
+    writers take turns for a whole batch, fold included, so a second process would
+    mostly wait for the first (and decode the log a second time)."""
+    if manager.db.dialect != "postgresql":
+        return 1
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -86,12 +90,12 @@ def catch_up(
     min_events_per_worker: int = MIN_EVENTS_PER_WORKER,
 ) -> None:
     """Brings every active generation of ``manager`` to the head, folding the
-    projections in ``processes`` processes (this one included; by default one per core)
-    when they are at least ``min_events_per_worker`` events each behind and the store is
-    shared (SQLite or PostgreSQL, not in memory)."""
+    projections in ``processes`` processes (this one included; by default see
+    ``default_processes``) when they are at least ``min_events_per_worker`` events each
+    behind and the store is shared (SQLite or PostgreSQL, not in memory)."""
     deadline = time.monotonic() + timeout_s
     names = list(manager.projections)
-    wanted = default_processes() if processes is None else processes
+    wanted = default_processes(manager) if processes is None else processes
     count = min(wanted, max(1, _lag(manager) // max(1, min_events_per_worker)))
     if settings.database_url.startswith("memory:") or count < 2:
         with bulk_gc():
