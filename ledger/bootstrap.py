@@ -195,10 +195,11 @@ def build_projections(settings: Settings, app: MarketLedger) -> ProjectionManage
     if module == "eventsourcing.postgres":
         conninfo = postgres_conninfo(env, max(1, int(settings.connect_timeout_s)))
         schema = env.get("POSTGRES_SCHEMA", "public")
-        # Reads (CheckAccess, lists) take one connection each for one statement; as many
-        # as the event store's pool and overflow, so the servers' workers never queue.
+        # A read (CheckAccess) holds a connection for one statement; as many as the event
+        # store's pool, since every server replica's connections count against the
+        # database's limit.
         db = PostgresDatabase(
-            conninfo, schema, check=app.guard.check, read_pool_size=2 * settings.pool_size
+            conninfo, schema, check=app.guard.check, read_pool_size=settings.pool_size
         )
         leases = PostgresLeases(conninfo, schema)
     elif module == "eventsourcing.sqlite":
