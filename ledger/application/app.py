@@ -17,6 +17,7 @@ from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
     OperationalError,
+    Transcoder,
 )
 
 from ledger.application import commands as c
@@ -36,6 +37,7 @@ from ledger.application.parse import (
     parse_uuid,
     require_aware,
 )
+from ledger.application.transcoder import FastJSONTranscoder
 from ledger.application.working_set import BatchReader, CleanCache, WorkingSet, snapshot
 from ledger.clock import Clock, SystemClock
 from ledger.domain.base import Act, LedgerAggregate
@@ -195,6 +197,11 @@ class MarketLedger(Application[UUID]):
         self._group: GroupCommit[tuple[c.Command, Actor], Outcome | Exception] = GroupCommit(
             self._run_batch, MAX_BATCH
         )
+
+    def construct_transcoder(self) -> Transcoder:
+        transcoder = FastJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def _probe_store(self) -> None:
         self.recorder.max_notification_id()
