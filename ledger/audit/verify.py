@@ -24,14 +24,24 @@ before the checkpoint's position), ``bad_signature`` and ``checkpoint_mismatch``
 from the input's form and from the checkpoint.
 
 Positions are positive integers, as the event store's notification ids are.
+
+A large export is checked by several processes, a chunk of lines each: every line
+against the ``chain_hash`` its predecessor claims, which is the recomputed hash as long
+as every line before it verified. The chunks are then joined in order, each at its first
+line; at the first chunk with a fault the verification goes on line by line from that
+chunk's start, in the state the chunks before it left, so that the result (the fault,
+its line and the lines it looks at to classify it) is the one a single pass gives.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import multiprocessing
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from hashlib import sha256
@@ -76,6 +86,11 @@ _AFTER_ALL: Final = 2**63
 
 # (line number, position, JCS bytes of the event, claimed chain hash)
 _Entry = tuple[int, int, bytes, str]
+
+PARALLEL_MIN_BYTES: Final = 32 << 20
+"""Exports at least this large are checked by several processes (one per core)."""
+CHUNK_BYTES: Final = 8 << 20
+"""The lines a process checks at a time: about this many bytes."""
 
 
 class FailureKind(StrEnum):
@@ -171,14 +186,23 @@ def verify_export(
     events_path: str | os.PathLike[str],
     checkpoint: Mapping[str, Any] | None = None,
     public_key_hex: str | None = None,
+    *,
+    processes: int | None = None,
 ) -> VerifyResult:
     """Verifies an export (JSON lines: a canonical event plus its ``chain_hash``) from the
     genesis hash, and against ``checkpoint`` signed by ``public_key_hex`` if given.
 
     Never raises for bad input: every fault, including an unreadable file, is a result.
+    An export of ``PARALLEL_MIN_BYTES`` or more is checked by ``processes`` processes
+    (default: one per core), with the same result.
     """
     try:
         with open(events_path, "rb", buffering=1 << 20) as file:
+            size = os.fstat(file.fileno()).st_size
+            workers = _processes(processes, size)
+            if workers > 1:
+                path = os.fspath(events_path)
+                return _run_parallel(path, file, checkpoint, public_key_hex, workers)
             return _run(_export_entries(file), checkpoint, public_key_hex, GENESIS, 0)
     except OSError as error:
         failure = Failure(FailureKind.MALFORMED, f"cannot read {os.fspath(events_path)}: {error}")
@@ -233,6 +257,20 @@ def _run(
     start_position: int,
 ) -> VerifyResult:
     """Authenticates the checkpoint, then folds the entries from the start."""
+    begun = _begin(checkpoint, public_key_hex, start_hash, start_position)
+    if isinstance(begun, VerifyResult):
+        return begun
+    return _verify(entries, *begun)
+
+
+def _begin(
+    checkpoint: Mapping[str, Any] | None,
+    public_key_hex: str | None,
+    start_hash: bytes,
+    start_position: int,
+) -> tuple[_Anchor | None, bool, _Progress] | VerifyResult:
+    """Authenticates the checkpoint: the anchor still to reach (if any), whether the
+    signature was checked and the progress at the start; or the result if it fails."""
     anchor, signature_checked, failure = _authenticate(checkpoint, public_key_hex)
     confirmed = None
     if anchor is not None and anchor.position <= start_position:
@@ -242,7 +280,8 @@ def _run(
             failure = _anchor_before_start(anchor, start_position)
     if failure is not None:
         return VerifyResult(0, None, None, None, signature_checked, failure)
-    return _verify(entries, anchor, signature_checked, start_hash, start_position, confirmed)
+    progress = _Progress(start_hash, start_position, start_position, confirmed=confirmed)
+    return anchor, signature_checked, progress
 
 
 def _anchor_before_start(anchor: _Anchor, start_position: int) -> Failure:
@@ -276,8 +315,9 @@ def _authenticate(
     return anchor, public_key_hex is not None, None
 
 
-def _export_entries(file: IO[bytes]) -> Iterator[_Entry]:
-    """Yields the entries of export lines; raises ``_MalformedLine`` at the first bad line."""
+def _export_entries(file: IO[bytes], first_line: int = 1) -> Iterator[_Entry]:
+    """Yields the entries of export lines (numbered from ``first_line``); raises
+    ``_MalformedLine`` at the first bad line."""
     loads = orjson.loads
     dumps = orjson.dumps
     options = CANONICAL_OPTIONS
@@ -285,7 +325,7 @@ def _export_entries(file: IO[bytes]) -> Iterator[_Entry]:
     sorted_types = _SORTED_TYPES
     overhead = _CANONICAL_LINE_OVERHEAD
     fast = fast_path_enabled()
-    for number, line in enumerate(file, 1):
+    for number, line in enumerate(file, first_line):
         try:
             event = loads(line)
         except orjson.JSONDecodeError as error:
@@ -370,20 +410,36 @@ def _duplicate_key(line: bytes) -> str | None:
     return duplicates[0] if duplicates else None
 
 
+@dataclass
+class _Progress:
+    """How far a verification has come."""
+
+    chain_hash: bytes
+    """The hash of the last verified event (or the hash the verification starts from)."""
+    position: int
+    """The last verified position (or the start position)."""
+    start_position: int
+    count: int = 0
+    widest: int = 1
+    """The widest gap between consecutive verified positions (at least 1)."""
+    confirmed: int | None = None
+    """The checkpoint's position, once the chain matched it there."""
+
+
 def _verify(
     entries: Iterator[_Entry],
     anchor: _Anchor | None,
     signature_checked: bool,
-    start_hash: bytes,
-    start_position: int,
-    confirmed: int | None,
+    progress: _Progress,
 ) -> VerifyResult:
-    """Folds the entries into the chain and stops at the first fault."""
-    prev = start_hash
-    prev_position = start_position
-    watch = _AFTER_ALL if anchor is None else anchor.position
-    widest = 1
-    count = 0
+    """Folds the entries into the chain from ``progress`` and stops at the first fault."""
+    prev = progress.chain_hash
+    prev_position = progress.position
+    start_position = progress.start_position
+    confirmed = progress.confirmed
+    watch = _AFTER_ALL if anchor is None or confirmed is not None else anchor.position
+    widest = progress.widest
+    count = progress.count
 
     def result(failure: Failure | None) -> VerifyResult:
         started = count > 0 or start_position > 0
@@ -417,6 +473,143 @@ def _verify(
         )
         return result(Failure(FailureKind.TRUNCATED, message, count + 1, None))
     return result(None)
+
+
+def _processes(asked: int | None, size: int) -> int:
+    """How many processes check an export of ``size`` bytes."""
+    if asked is None:
+        if size < PARALLEL_MIN_BYTES:
+            return 1
+        asked = os.cpu_count() or 1
+    return max(1, min(asked, -(-size // CHUNK_BYTES)))
+
+
+def _run_parallel(
+    path: str,
+    file: IO[bytes],
+    checkpoint: Mapping[str, Any] | None,
+    public_key_hex: str | None,
+    processes: int,
+) -> VerifyResult:
+    """``_run`` of the export file at ``path`` (open as ``file``), its chunks checked by
+    ``processes`` processes."""
+    begun = _begin(checkpoint, public_key_hex, GENESIS, 0)
+    if isinstance(begun, VerifyResult):
+        return begun
+    anchor, signature_checked, progress = begun
+    bounds = _chunk_bounds(file, CHUNK_BYTES)
+    watch = None if anchor is None else anchor.position
+    # Forked workers start at once, with this module loaded; they run nothing but
+    # ``_check_chunk``.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    pool = ProcessPoolExecutor(processes, mp_context=context)
+    try:
+        checks: list[Future[_Chunk | None]] = [
+            pool.submit(_check_chunk, path, start, end, watch) for start, end in bounds
+        ]
+        for (start, _), check in zip(bounds, checks, strict=True):
+            try:
+                chunk = check.result()
+            except Exception:  # a worker that died: the chunk is checked here instead
+                chunk = None
+            if chunk is None or not _join(progress, chunk, anchor):
+                # On from this chunk's first line, as a single pass would go.
+                pool.shutdown(wait=False, cancel_futures=True)
+                file.seek(start)
+                entries = _export_entries(file, progress.count + 1)
+                return _verify(entries, anchor, signature_checked, progress)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return _verify(iter(()), anchor, signature_checked, progress)
+
+
+def _chunk_bounds(file: IO[bytes], chunk_bytes: int) -> list[tuple[int, int]]:
+    """Splits a file into ranges of about ``chunk_bytes`` that start at line starts."""
+    size = os.fstat(file.fileno()).st_size
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < size:
+        file.seek(min(start + chunk_bytes, size))
+        file.readline()  # to the start of the next line
+        end = min(file.tell(), size)
+        bounds.append((start, end))
+        start = end
+    file.seek(0)
+    return bounds
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A chunk of export lines each of which chains from the one before it (bar the
+    first, which is for the chunk before to vouch for) in increasing positions."""
+
+    lines: int
+    first: tuple[int, bytes, str]
+    """The first line's position, JCS bytes and claimed chain hash."""
+    last: tuple[int, str]
+    """The last line's position and claimed chain hash."""
+    widest: int
+    """The widest gap between consecutive positions in the chunk (at least 1)."""
+    reached: tuple[int, str] | None
+    """The first line at or after the watched position: its position and chain hash."""
+
+
+def _check_chunk(path: str, start: int, end: int, watch: int | None) -> _Chunk | None:
+    """Checks the lines in ``[start, end)`` of an export, each against the chain hash
+    that the line before it claims; None if one does not chain (or is malformed, or
+    the chunk is empty)."""
+    with open(path, "rb") as file:
+        file.seek(start)
+        data = file.read(end - start)
+    watched = _AFTER_ALL if watch is None else watch
+    lines = 0
+    first: tuple[int, bytes, str] | None = None
+    reached: tuple[int, str] | None = None
+    prev = b""
+    prev_position = 0
+    claimed = ""
+    widest = 1
+    try:
+        for _, position, canonical, claimed in _export_entries(io.BytesIO(data)):
+            if first is None:
+                first = (position, canonical, claimed)
+            elif position <= prev_position or sha256(prev + canonical).hexdigest() != claimed:
+                return None
+            else:
+                widest = max(widest, position - prev_position)
+            if position >= watched and reached is None:
+                reached = (position, claimed)
+            prev = bytes.fromhex(claimed)
+            prev_position = position
+            lines += 1
+    except (_MalformedLine, ValueError):
+        return None
+    if first is None:
+        return None
+    return _Chunk(lines, first, (prev_position, claimed), widest, reached)
+
+
+def _join(progress: _Progress, chunk: _Chunk, anchor: _Anchor | None) -> bool:
+    """Joins a chunk to the verified lines before it; False (and ``progress`` as it
+    was) if its first line does not chain from them or the checkpoint disagrees."""
+    position, canonical, claimed = chunk.first
+    if position <= progress.position:
+        return False
+    if sha256(progress.chain_hash + canonical).hexdigest() != claimed:
+        return False
+    confirmed = progress.confirmed
+    if anchor is not None and confirmed is None and chunk.reached is not None:
+        reached_position, reached_hash = chunk.reached
+        if reached_position > anchor.position or reached_hash != anchor.chain_hash:
+            return False
+        confirmed = reached_position
+    progress.widest = max(progress.widest, position - progress.position, chunk.widest)
+    progress.chain_hash = bytes.fromhex(chunk.last[1])
+    progress.position = chunk.last[0]
+    progress.count += chunk.lines
+    progress.confirmed = confirmed
+    return True
 
 
 def _checkpoint_failure(anchor: _Anchor | None, entry: _Entry) -> Failure:

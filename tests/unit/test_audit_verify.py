@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from unittest import mock
 import orjson
 import pytest
 
+from ledger.audit import verify
 from ledger.audit.bench import run_verify_benchmark, synthetic_events
 from ledger.audit.canonical import canonical_bytes
 from ledger.audit.chain import GENESIS, ChainBuilder, export_line, export_lines, next_hash
@@ -50,6 +52,18 @@ def make_export(events: Sequence[dict[str, Any]], signer: Ed25519Signer) -> Expo
         signer, "ledger-1", builder.position, builder.head.hex(), SIGNED_AT
     )
     return Export(lines, signer, checkpoint)
+
+
+@pytest.fixture(autouse=True, params=["one process", "chunks in processes"])
+def processes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: as one pass, and with the export in chunks of a few
+    lines, checked by two processes and joined (``verify_export`` does so for large
+    exports). The results must be the same."""
+    if request.param == "chunks in processes":
+        monkeypatch.setattr(verify, "PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(verify, "CHUNK_BYTES", 2500)
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -368,6 +382,48 @@ def test_with_irregular_gaps_every_tamper_is_found_at_the_exact_line(path: Path)
 
         assert failure is not None
         assert failure.line == first_difference(tampered, built.lines) + 1, failure
+
+
+def test_chunks_checked_in_processes_give_the_result_of_one_pass(
+    path: Path, processes: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if processes != "one process":
+        pytest.skip("compares both ways itself")
+    rng = random.Random(1109)
+    events = list(synthetic_events(EVENTS, seed=9))
+    position = 0
+    for event in events:
+        # Wide gaps now and then, so that the widest gap before a fault is often one
+        # between two chunks.
+        position += rng.choice([1, 1, 2, 3, 5, 9, 20, 40])
+        event["position"] = position
+    built = make_export(events, Ed25519Signer.generate())
+    checkpoint_at = rng.randrange(EVENTS)
+    line = orjson.loads(built.lines[checkpoint_at])
+    early = sign_checkpoint(
+        built.signer, "ledger-1", line["position"], line["chain_hash"], SIGNED_AT
+    )
+    for trial in range(2 * TRIALS):
+        index = rng.randrange(EVENTS - 1)
+        tampered = list(built.lines)
+        match trial % 5:
+            case 0:
+                tampered[index] = tampered[index].replace(b'"type":"', b'"type":"X')
+            case 1:
+                del tampered[index]
+            case 2:
+                tampered.insert(index, built.lines[rng.randrange(EVENTS)])
+            case 3:
+                tampered[index], tampered[index + 1] = tampered[index + 1], tampered[index]
+            case _:
+                tampered[index] = b"{not json\n"
+        path.write_bytes(b"".join(tampered))
+        for checkpoint in (built.checkpoint, early, None):
+            one = verify_export(path, checkpoint, built.public_key)
+            with monkeypatch.context() as chunked:
+                chunked.setattr(verify, "CHUNK_BYTES", rng.choice([700, 2500, 6000]))
+                several = verify_export(path, checkpoint, built.public_key, processes=2)
+            assert several == one
 
 
 def test_positions_out_of_order_under_a_consistent_chain_are_reordered(path: Path) -> None:
