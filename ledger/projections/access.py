@@ -184,6 +184,7 @@ class Access:
 
     name: ClassVar[str] = "access"
     version: ClassVar[int] = 1
+    event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
 
     def tables(self) -> Sequence[str]:
         return (GRANTS, STATES, USES)

@@ -95,6 +95,9 @@ CREATIONS: dict[str, tuple[str, Callable[[CanonicalEvent], tuple[Any, ...]]]] = 
 class Catalogue:
     name: ClassVar[str] = "catalogue"
     version: ClassVar[int] = 1
+    event_types: ClassVar[frozenset[str]] = frozenset(
+        {*CREATIONS, *STATE_CHANGES, "ListingReclassified"}
+    )
 
     def tables(self) -> Sequence[str]:
         return tuple(COLUMNS)

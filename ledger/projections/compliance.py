@@ -223,6 +223,10 @@ class Compliance:
             raise ValueError("the settlement window is a positive number of days")
         self.settlement_window_days = settlement_window_days
 
+    @property
+    def event_types(self) -> frozenset[str]:
+        return FOLDED_TYPES
+
     def tables(self) -> Sequence[str]:
         return tuple(TABLES)
 
@@ -579,6 +583,8 @@ _HANDLERS: dict[str, Callable[[_Batch, CanonicalEvent], None]] = {
     "AccessGranted": _Batch.access_granted,
     "AccessUsed": _Batch.access_used,
 }
+# The types of the events the fold reads (it ignores any other).
+FOLDED_TYPES = frozenset({*_HANDLERS, *TIMELINE_EVENTS})
 
 
 # --- time lines and intervals ---------------------------------------------------------

@@ -27,7 +27,13 @@ from typing import Any, ClassVar, Protocol
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
 
-from ledger.application.events import CanonicalEvent, EventLog
+from ledger.application.events import (
+    EVENT_TOPICS,
+    EVENT_TYPES,
+    CanonicalEvent,
+    EventLog,
+    canonical_rows,
+)
 from ledger.projections.db import Database, Tx, WriteTx
 from ledger.projections.leases import AlwaysHeld, Leases, lock_key
 
@@ -66,7 +72,11 @@ class Tables:
 
 
 class Projection(Protocol):
-    """A read model: a fold of canonical events into tables of its own."""
+    """A read model: a fold of canonical events into tables of its own.
+
+    A projection may also have ``event_types``, the types of the events its fold reads
+    (it must ignore any other): the engine then decodes only those for it, and only
+    reads of the log shared with projections that fold every event decode them all."""
 
     name: ClassVar[str]
     version: ClassVar[int]
@@ -175,6 +185,7 @@ class ProjectionManager:
         self.workers = workers if workers is not None else (2 if db.dialect == "postgresql" else 1)
         self._folders: ThreadPoolExecutor | None = None
         self._folders_lock = threading.Lock()
+        self._skipped: dict[frozenset[str], frozenset[str]] = {}
 
     # --- registry -------------------------------------------------------------------
 
@@ -310,8 +321,40 @@ class ProjectionManager:
         If the batch fails, its events are applied one by one, so the generation stops
         exactly before the failing event, which is reported and retried after a fix.
         """
-        events, last = self.log.read(gen.position, self.batch_size)
+        events, last = self._read([gen], gen.position, self.batch_size)
         return self._advance(gen, events, last)
+
+    def _read(
+        self, gens: Sequence[Generation], after: int, limit: int, stop: int | None = None
+    ) -> tuple[list[CanonicalEvent], int]:
+        """``log.read`` for these generations: the stored events of types none of them
+        folds are left undecoded (and out of the batch)."""
+        skipped = self._skipped_topics(frozenset(g.name for g in gens))
+        if not skipped:
+            return self.log.read(after, limit, stop)
+        rows, last = self.log.rows(after, limit, stop)
+        return canonical_rows([row for row in rows if row[3] not in skipped]), last
+
+    def _skipped_topics(self, names: frozenset[str]) -> frozenset[str]:
+        """The topics of the business events that none of the projections ``names`` folds
+        (none if one of them folds every event). Markers and unknown topics stay: the
+        decoding skips the one and rejects the other."""
+        skipped = self._skipped.get(names)
+        if skipped is None:
+            folded: set[str] = set()
+            for name in names:
+                types: frozenset[str] | None = getattr(
+                    self.projections.get(name), "event_types", None
+                )
+                if types is None:
+                    folded = set(EVENT_TYPES)
+                    break
+                folded |= types
+            skipped = frozenset(
+                topic for topic, (event, _) in EVENT_TOPICS.items() if event not in folded
+            )
+            self._skipped[names] = skipped
+        return skipped
 
     def _advance(self, gen: Generation, events: Sequence[CanonicalEvent], last: int) -> int:
         """Applies the events read after the generation's position, up to ``last``."""
@@ -436,9 +479,9 @@ class ProjectionManager:
             # Generations behind the next ones read no further than where those are, so
             # that from there on they share their reads.
             stop = positions[i + 1] if i + 1 < len(positions) else None
-            events, last = self.log.read(position, self.batch_size, stop)
+            events, last = self._read(at[position], position, self.batch_size, stop)
             if last == position and stop is not None:
-                events, last = self.log.read(position, self.batch_size)
+                events, last = self._read(at[position], position, self.batch_size)
             advanced += self._apply_all(at[position], events, last)
         return advanced
 
