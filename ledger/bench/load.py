@@ -7,7 +7,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +64,7 @@ class LoadResult:
 
 
 def run_load(
-    address: str,
+    address: str | Sequence[str],
     clients: int,
     factory: CallFactory,
     max_calls: int,
@@ -74,7 +74,9 @@ def run_load(
 ) -> LoadResult:
     """Runs ``clients`` threads until ``max_calls`` calls in all or ``max_seconds``
     have passed; each thread first makes ``warmup_calls`` calls that are not counted.
-    ``on_start`` runs once every client is warmed up, just before the timed calls."""
+    ``on_start`` runs once every client is warmed up, just before the timed calls.
+    Given several addresses, the clients take them in turn."""
+    addresses = [address] if isinstance(address, str) else list(address)
     result = LoadResult(clients)
     lock = threading.Lock()
     issued = 0
@@ -94,7 +96,8 @@ def run_load(
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         calls = items = 0
-        with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        target = addresses[index % len(addresses)]
+        with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
             call = factory(channel, index)
             sequence = 0
             for _ in range(warmup_calls):

@@ -84,14 +84,7 @@ class BenchServer:
             return ""
 
     def stop(self) -> None:
-        """SIGTERM and a graceful exit, or SIGKILL when it does not come."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.process.wait()
+        _stop(self.process)
 
     def wait_for_projections(self, timeout_s: float, progress: bool = False) -> float:
         """Polls ``ListProjections`` until every projection is LIVE with no lag (with a
@@ -137,9 +130,42 @@ class BenchServer:
 
 
 @contextmanager
-def serving(settings: Settings, exchange_id: str | None = None) -> Iterator[BenchServer]:
+def replicas(settings: Settings, exchange_id: str, count: int) -> Iterator[list[BenchServer]]:
+    """``count`` servers on one PostgreSQL database and one projection worker beside
+    them: the scale-out deployment."""
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(
+                serving(settings, exchange_id, projection_worker=i == 0, run_projections=False)
+            )
+            for i in range(count)
+        ]
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM and a graceful exit, or SIGKILL when it does not come."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
+
+
+@contextmanager
+def serving(
+    settings: Settings,
+    exchange_id: str | None = None,
+    projection_worker: bool = False,
+    run_projections: bool = True,
+) -> Iterator[BenchServer]:
     """Starts ``ledger serve`` on ``settings.database_url`` at 127.0.0.1 on a free port and
-    waits until it is SERVING; the exchange principal stands for ``exchange_id``."""
+    waits until it is SERVING; the exchange principal stands for ``exchange_id``.
+
+    With ``projection_worker`` the projections follow the log in a ``ledger projections
+    run`` process of their own, as in the scale-out deployment, not in the server; with
+    neither that nor ``run_projections``, another process is to run them."""
     with tempfile.TemporaryDirectory(prefix="ledger-bench-server-") as directory:
         work = Path(directory)
         credentials = write_dev_principals(
@@ -162,10 +188,24 @@ def serving(settings: Settings, exchange_id: str | None = None) -> Iterator[Benc
             "--signing-key-file",
             str(key),
         ]
+        env = child_env(work)
+        worker: subprocess.Popen[str] | None = None
+        if projection_worker or not run_projections:
+            env["LEDGER_RUN_PROJECTIONS"] = "false"
+        if projection_worker:
+            with (work / "projections.log").open("w") as log:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "ledger", "projections", "run"],
+                    env={**env, "LEDGER_DATABASE_URL": settings.database_url},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    text=True,
+                )
         with log_file.open("w") as log:
             process = subprocess.Popen(
                 command,
-                env=child_env(work),
+                env=env,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -183,6 +223,8 @@ def serving(settings: Settings, exchange_id: str | None = None) -> Iterator[Benc
             elif process.poll() is None:
                 process.kill()
                 process.wait()
+            if worker is not None:
+                _stop(worker)
 
 
 def _listening_address(process: subprocess.Popen[str], deadline: float, log_file: Path) -> str:

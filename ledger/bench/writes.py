@@ -7,7 +7,8 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from ledger.application.markers import entity_id
 from ledger.bench.dataset import ListingRef, Market, setup_market
 from ledger.bench.load import LoadResult, run_load
 from ledger.bench.runner import Options, Result
-from ledger.bench.server import serving
+from ledger.bench.server import BenchServer, replicas, serving
 from ledger.bench.stores import temporary_store
 from ledger.bootstrap import build_application, ensure_schema, postgres_conninfo, store_env
 from ledger.settings import Settings
@@ -33,6 +34,7 @@ from ledger.v1 import access_pb2, access_pb2_grpc, common_pb2, trade_pb2, trade_
 APPEND_CLIENTS = 16
 INGEST_CLIENTS = 4
 INGEST_BATCH = 200
+INGEST_REPLICAS = 2
 # One sale, its grant, a use of the grant and the settlement: the shape of an ingest.
 INGEST_GROUP = 4
 CALL_TIMEOUT_S = 60.0
@@ -281,10 +283,11 @@ def ingest(options: Options) -> Result:
         try:
             terms = Terms.now()
             failures: list[int] = []
-            with serving(settings, market.exchanges[0]) as server:
-                metadata = server.metadata(Role.EXCHANGE)
+            with _ingest_servers(settings, market.exchanges[0], options.backend) as servers:
 
                 def factory(channel: grpc.Channel, client: int) -> Callable[[int], int]:
+                    # run_load gives client i the address of server i % len(servers).
+                    metadata = servers[client % len(servers)].metadata(Role.EXCHANGE)
                     orders = Orders(market, client, clients, options.seed, terms)
                     trades = trade_pb2_grpc.TradeServiceStub(channel)
                     # An exchange sends records it already holds: the requests are built
@@ -308,7 +311,7 @@ def ingest(options: Options) -> Result:
                 load, stored = _measured(
                     app,
                     lambda started: run_load(
-                        server.address,
+                        [server.address for server in servers],
                         clients,
                         factory,
                         max_calls,
@@ -349,6 +352,22 @@ def ingest(options: Options) -> Result:
             "errors": dict(load.errors),
         },
     )
+
+
+@contextmanager
+def _ingest_servers(
+    settings: Settings, exchange_id: str, backend: str
+) -> Iterator[list[BenchServer]]:
+    """On PostgreSQL, the scale-out deployment: server replicas on the one database and
+    the projections in a worker process of their own (a server's interpreter lock then
+    serves its ingest calls alone, and one server decides while another writes); on
+    SQLite, one server."""
+    if backend == "postgresql":
+        with replicas(settings, exchange_id, INGEST_REPLICAS) as servers:
+            yield servers
+    else:
+        with serving(settings, exchange_id) as server:
+            yield [server]
 
 
 def raw_insert(
