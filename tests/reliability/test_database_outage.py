@@ -26,6 +26,7 @@ from tests.reliability.support import (
     BUG_CODES,
     NOT_SERVING,
     SCALE,
+    SCENARIO,
     SERVING,
     Identity,
     Market,
@@ -147,6 +148,17 @@ class Load:
                 participant_pb2.ListParticipantsRequest(page_size=5),
             ),
             ("ListGrants", s.access.ListGrants, access_pb2.ListGrantsRequest(page_size=5)),
+            (
+                # The writer's own grant (see MarketWriter.market), read without a ping.
+                "CheckAccess",
+                s.access.CheckAccess,
+                access_pb2.CheckAccessRequest(
+                    grantee_id=m.buyers[writer % len(m.buyers)],
+                    listing_id=m.listings[writer % len(m.listings)],
+                    delivery_mode=common_pb2.DELIVERY_MODE_API,
+                    scenario=SCENARIO,
+                ),
+            ),
             ("GetLedgerInfo", s.audit.GetLedgerInfo, audit_pb2.GetLedgerInfoRequest()),
         ]
 
@@ -319,6 +331,14 @@ def test_calls_fail_unavailable_while_postgres_is_down_and_the_server_recovers_b
                 RECOVER_TIMEOUT_S,
                 "the projections catch up after the outages",
             )
+            for writer, grant_id in enumerate(market.grants):
+                (request,) = [r for m, _, r in load.reads(writer) if m == "CheckAccess"]
+                assert isinstance(request, access_pb2.CheckAccessRequest)
+                answer = stubs.access.CheckAccess(
+                    request, metadata=identity.admin, timeout=DEADLINE_S
+                )
+                assert answer.allowed, answer
+                assert answer.grant_id == grant_id
         server.stop()
     finally:
         if server is not None:
