@@ -134,12 +134,24 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 def to_command(request: Message, command: type[Cmd]) -> Cmd:
     """Builds ``command`` from the request fields of the same (or a mapped) name."""
     values = {
-        # A command field defaulting to None takes None from an unset proto3 optional.
-        f.name: _read(request, _source(request, f.name), nullable=f.default is None)
-        for f in dataclasses.fields(command)
-        if f.init
+        name: _read(request, _source(request, name), nullable=nullable)
+        for name, nullable in _command_fields(command)
     }
     return command(**values)
+
+
+def _command_fields(command: type[c.Command]) -> tuple[tuple[str, bool], ...]:
+    """A command's fields, and whether each takes None from an unset proto3 optional
+    (those that default to None)."""
+    found = _COMMAND_FIELDS.get(command)
+    if found is None:
+        found = _COMMAND_FIELDS[command] = tuple(
+            (f.name, f.default is None) for f in dataclasses.fields(command) if f.init
+        )
+    return found
+
+
+_COMMAND_FIELDS: dict[type[c.Command], tuple[tuple[str, bool], ...]] = {}
 
 
 def _source(request: Message, name: str) -> str:

@@ -30,12 +30,22 @@ class Command:
         the same fingerprint, or it is a different request."""
         # Fields hold plain values (no nested dataclasses), so this equals what
         # ``dataclasses.asdict`` gives, without its recursive copy.
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = {name: getattr(self, name) for name in _field_names(type(self))}
         data.pop("request_id")
         data["kind"] = self.kind
         return hashlib.sha256(
             orjson.dumps(data, option=orjson.OPT_SORT_KEYS, default=_encode)
         ).hexdigest()
+
+
+def _field_names(command: type[Command]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(command)
+    if names is None:
+        names = _FIELD_NAMES[command] = tuple(f.name for f in dataclasses.fields(command))
+    return names
+
+
+_FIELD_NAMES: dict[type[Command], tuple[str, ...]] = {}
 
 
 def _encode(value: Any) -> Any:

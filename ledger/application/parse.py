@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -16,7 +17,14 @@ MAX_TEXT = 4096
 MAX_NAME = 512
 
 
+_CANONICAL_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
 def parse_uuid(value: str, field: str) -> UUID:
+    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+        return UUID(value)
     if not value:
         raise InvalidArgument.of(field, "is required")
     try:
@@ -29,6 +37,8 @@ def parse_uuid(value: str, field: str) -> UUID:
 
 
 def parse_request_id(value: str) -> str:
+    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+        return value.lower()
     return str(parse_uuid(value, "request_id"))
 
 

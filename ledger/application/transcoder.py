@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from eventsourcing.persistence import JSONTranscoder
+from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder
 
 # Time stamps and dataclasses go to ``default`` (the library's tagging); everything
 # else orjson writes itself.
@@ -32,6 +32,8 @@ class FastJSONTranscoder(JSONTranscoder):
             return super().encode(obj)
 
     def _tagged(self, o: Any) -> Any:
-        if type(o) is datetime or type(o) in self.types:
+        if type(o) is datetime and type(self.types.get(datetime)) is DatetimeAsISO:
+            return {"_type_": DatetimeAsISO.name, "_data_": o.isoformat()}
+        if type(o) in self.types:
             return self._encode_obj(o)
         raise _Different

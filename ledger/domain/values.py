@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from ledger.domain.errors import InvalidArgument
 
@@ -15,20 +15,25 @@ class NamedEnum(Enum):
     """An enumeration whose values are their names, parsed with a field-naming error."""
 
     @classmethod
-    def parse(cls, value: str | Self, field: str) -> Self:
+    def parse(cls, value: str | Self, field: str, index: int | None = None) -> Self:
+        """The member named ``value``; ``index`` is its place in a repeated ``field``."""
+        member = cls._member_map_.get(value) if type(value) is str else None
+        if member is not None:
+            return cast(Self, member)
         if isinstance(value, cls):
             return value
         try:
             return cls[str(value)]
         except KeyError:
             allowed = ", ".join(m.name for m in cls)
+            name = field if index is None else f"{field}[{index}]"
             raise InvalidArgument.of(
-                field, f"unknown {cls.__name__} {value!r}; expected one of {allowed}"
+                name, f"unknown {cls.__name__} {value!r}; expected one of {allowed}"
             ) from None
 
     @classmethod
     def parse_set(cls, values: Any, field: str, *, allow_empty: bool = False) -> frozenset[Self]:
-        items = frozenset(cls.parse(v, f"{field}[{i}]") for i, v in enumerate(values))
+        items = frozenset(cls.parse(v, field, i) for i, v in enumerate(values))
         if not items and not allow_empty:
             raise InvalidArgument.of(field, "must name at least one value")
         return items
