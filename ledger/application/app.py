@@ -82,7 +82,7 @@ MAX_ATTEMPTS = 8
 # Commands run in one transaction at most (an ingest call may carry up to this many).
 MAX_BATCH = 1000
 # Aggregates kept as stored between batches, brought up to date at the start of each.
-CLEAN_CACHE_SIZE = 20_000
+CLEAN_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ class MarketLedger(Application[UUID]):
         self.write_listeners: list[Callable[[int], None]] = []
         # Called with (rule id, exchange id or None) for every rejection by an enforced rule.
         self.rejection_listeners: list[Callable[[str, str | None], None]] = []
-        self._clean = CleanCache(CLEAN_CACHE_SIZE)
+        self._clean = CleanCache(CLEAN_CACHE_SIZE, uncached=(RequestMarker,))
         self._working = threading.local()
         self._group: GroupCommit[tuple[c.Command, Actor], Outcome | Exception] = GroupCommit(
             self._run_batch, MAX_BATCH

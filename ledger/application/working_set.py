@@ -37,8 +37,10 @@ class CleanCache:
     events stored after that version (by any process) before using a copy of it.
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, uncached: tuple[type, ...] = ()) -> None:
         self.maxsize = maxsize
+        # Aggregates written once and seldom read again (request markers) are not kept.
+        self.uncached = uncached
         self._entries: OrderedDict[UUID, LedgerAggregate] = OrderedDict()
 
     def get(self, aggregate_id: UUID) -> LedgerAggregate | None:
@@ -48,6 +50,8 @@ class CleanCache:
         return aggregate
 
     def put(self, aggregate: LedgerAggregate) -> None:
+        if isinstance(aggregate, self.uncached):
+            return
         self._entries[aggregate.id] = aggregate
         self._entries.move_to_end(aggregate.id)
         while len(self._entries) > self.maxsize:

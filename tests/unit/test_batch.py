@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import threading
 from typing import Any
+from uuid import UUID
 
 import pytest
 
 from ledger.application import commands as c
 from ledger.application.app import Decision, Outcome
 from ledger.application.group_commit import GroupCommit
-from ledger.application.markers import entity_id
+from ledger.application.markers import RequestMarker, entity_id, request_marker_id
+from ledger.application.working_set import CleanCache
 from ledger.domain.base import Act, event_type
 from ledger.domain.errors import AlreadyExists, NotFound, RuleViolation
+from ledger.domain.listing import Listing
+from ledger.domain.participant import Participant
 from ledger.domain.trade import Trade
 from ledger.domain.values import TradeState
 from tests.market import Market, rid
@@ -256,3 +260,25 @@ def test_a_group_never_exceeds_its_item_limit() -> None:
     for t in [*threads, *more]:
         t.join(10)
     assert sizes == [1, 4, 4]
+
+
+def test_the_cache_of_stored_aggregates_is_bounded_and_keeps_no_request_markers(
+    market: Market,
+) -> None:
+    listing_id = market.listed()
+    sale, grant = sale_and_grant(market, listing_id)
+    batch(market, sale, grant)
+    trade = market.app.get(Trade, grant.trade_id, market.actor)
+    marker: RequestMarker = market.app.repository.get(request_marker_id(sale.request_id))
+    cache = CleanCache(2, uncached=(RequestMarker,))
+    cache.put(marker)
+    assert len(cache) == 0
+    listing: Listing = market.app.repository.get(UUID(trade.listing_id))
+    for aggregate in (trade, listing, trade):
+        cache.put(aggregate)
+    assert cache.get(trade.id) is trade
+    assert cache.get(listing.id) is listing
+    other: Participant = market.app.repository.get(UUID(trade.buyer_id))
+    cache.put(other)  # the least recently used (the trade) goes
+    assert len(cache) == 2
+    assert cache.get(trade.id) is None
