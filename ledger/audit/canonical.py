@@ -160,25 +160,36 @@ def _is_plain(value: object) -> bool:
     key holds a character in U+E000..U+FFFF and another a character above U+FFFF.
     """
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return True
+    items: Iterable[Any]
     if kind is dict:
         mapping: dict[Any, Any] = value  # type: ignore[assignment]
         if not _keys_sort_alike(mapping):
             return False
-        return all(map(_is_plain, mapping.values()))
-    if kind is list or kind is tuple:
-        items: list[Any] = value  # type: ignore[assignment]
-        return all(map(_is_plain, items))
-    return False
+        items = mapping.values()
+    elif kind is list or kind is tuple:
+        items = value  # type: ignore[assignment]
+    else:
+        return kind in _PLAIN_SCALARS
+    # Scalars (nearly every value) are settled here, without a call each; a loop, as
+    # all() over a generator costs more.
+    leaves = _PLAIN_SCALARS
+    for item in items:  # noqa: SIM110
+        if type(item) not in leaves and not _is_plain(item):
+            return False
+    return True
+
+
+# The exact types of the values both serialise alike (bool is not an int subclass here:
+# ``type`` is compared, not ``isinstance``).
+_PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
+_STR: Final = frozenset({str})
 
 
 def _keys_sort_alike(mapping: dict[Any, Any]) -> bool:
     """Whether the keys are exact strings whose code point order equals their UTF-16 order."""
-    for key in mapping:
-        if type(key) is not str:
-            return False
-    if all(map(str.isascii, mapping)):
+    if not _STR.issuperset(map(type, mapping)):
+        return False
+    if "".join(mapping).isascii():
         return True
     try:
         by_utf16 = sorted(mapping, key=lambda key: key.encode("utf-16-be"))

@@ -219,7 +219,10 @@ class Name(str):
         {"ordered": OrderedDict(a=1)},
         {"name": Name("x")},
         {1: "non-string key"},
+        {Name("key"): "a key of a str subclass"},
         {"nested": [{"deep": [0.25]}]},
+        {"in a tuple": ("a", (1, {"x": [True, None, 0.5]}))},
+        {"a": 1, "b": [1, 2], "c": {"d": "e"}, "f": float("inf")},
     ],
 )
 def test_fast_path_declines_what_it_cannot_prove(value: dict[Any, Any]) -> None:
