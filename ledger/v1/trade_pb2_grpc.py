@@ -119,7 +119,8 @@ class TradeServiceServicer:
     def IngestCommands(self, request, context):
         """Applies a batch of commands in order, each on its own: a failed command does
         not stop the others and the batch is not atomic. Each command keeps its own
-        request_id, so retrying a whole batch is safe.
+        request_id, so retrying a whole batch is safe. The commands that succeed are
+        written together, in one transaction; each sees what those before it did.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

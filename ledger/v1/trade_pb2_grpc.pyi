@@ -52,7 +52,8 @@ class TradeServiceStub:
     IngestCommands: _grpc.UnaryUnaryMultiCallable[_trade_pb2.IngestCommandsRequest, _trade_pb2.IngestCommandsResponse]
     """Applies a batch of commands in order, each on its own: a failed command does
     not stop the others and the batch is not atomic. Each command keeps its own
-    request_id, so retrying a whole batch is safe.
+    request_id, so retrying a whole batch is safe. The commands that succeed are
+    written together, in one transaction; each sees what those before it did.
     """
 
 @_typing.type_check_only
@@ -79,7 +80,8 @@ class TradeServiceAsyncStub(TradeServiceStub):
     IngestCommands: _aio.UnaryUnaryMultiCallable[_trade_pb2.IngestCommandsRequest, _trade_pb2.IngestCommandsResponse]  # type: ignore[assignment]
     """Applies a batch of commands in order, each on its own: a failed command does
     not stop the others and the batch is not atomic. Each command keeps its own
-    request_id, so retrying a whole batch is safe.
+    request_id, so retrying a whole batch is safe. The commands that succeed are
+    written together, in one transaction; each sees what those before it did.
     """
 
 class TradeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -139,7 +141,8 @@ class TradeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_trade_pb2.IngestCommandsResponse, _abc.Awaitable[_trade_pb2.IngestCommandsResponse]]:
         """Applies a batch of commands in order, each on its own: a failed command does
         not stop the others and the batch is not atomic. Each command keeps its own
-        request_id, so retrying a whole batch is safe.
+        request_id, so retrying a whole batch is safe. The commands that succeed are
+        written together, in one transaction; each sees what those before it did.
         """
 
 def add_TradeServiceServicer_to_server(servicer: TradeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
