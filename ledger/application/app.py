@@ -230,6 +230,8 @@ class MarketLedger(Application[UUID]):
         """Runs commands in order in one transaction, each on its own: a failed command
         leaves no trace and does not stop the others; each result is the outcome or the
         error the command would have had alone."""
+        if not items:
+            return []
         if getattr(self._working, "batch", None) is not None:
             # Issued from within a command of this thread's batch: its own transaction.
             return self._run_batch(list(items))
