@@ -1,11 +1,11 @@
 """Replay of the event log for auditors: events in log order with their kept chain
 hashes, filtered, batched into messages, and read only as fast as they are taken.
 
-``EventReplay.messages`` reads the log a batch at a time in a thread of its own, one
-batch ahead of what the client has taken: the next batch is read and encoded while the
-previous one is on its way, and a stalled client holds at most three batches of encoded
-events in the server (the one being sent, one waiting, one encoded and waiting to be
-handed over). Events are sent once the ``chain`` projection has hashed them; a stream
+``EventReplay.messages`` reads the log a batch at a time and encodes it, each in a
+thread of its own and one batch ahead of the next step: while a batch is on its way to
+the client the next one is encoded, and while that is encoded the one after is read. So
+a stalled client holds at most two batches of encoded events and one of stored rows in
+the server. Events are sent once the ``chain`` projection has hashed them; a stream
 that is not following ends at the head of the log as it was when the stream started (or
 at ``to_position``).
 
@@ -17,7 +17,6 @@ those (``encode_event``): the same bytes either way.
 from __future__ import annotations
 
 import contextvars
-import queue
 import re
 import threading
 import time
@@ -40,7 +39,7 @@ MAX_EVENTS_PER_MESSAGE: Final = 5000
 # A message stays well under the server's 4 MiB limit, whatever the payloads hold.
 MAX_MESSAGE_BYTES: Final = 1 << 20
 # Stored events read, decoded and encoded at a time: a stalled client holds the messages
-# of three batches (and the rows of two more), a few MiB.
+# of two batches and the rows of one more, a few MiB.
 READ_BATCH: Final = 1000
 CHAIN_RECHECK_S: Final = 1.0
 # How long a stream waits for the chain projection to hash events that are stored.
@@ -210,16 +209,20 @@ class EventReplay:
             for rows in _ahead(lambda alive: self._rows(query, alive), is_active):
                 framed = encode_rows(rows)
                 rows.clear()
-                yield _pack(framed, limit)
+                messages = _pack(framed, limit)
                 del framed
+                yield messages
+                del messages
         else:
             for batch in self.batches(query, is_active):
                 framed = [encode_event(event, chain_hash) for event, chain_hash in batch]
                 # Emptied in place, so that the suspended reader no longer holds the
                 # decoded events either.
                 batch.clear()
-                yield _pack(framed, limit)
+                messages = _pack(framed, limit)
                 del framed
+                yield messages
+                del messages
 
     def _rows(self, query: ReplayQuery, is_active: Callable[[], bool]) -> Iterator[list[LinkedRow]]:
         """Yields the stored rows up to the end of the query, each with its kept chain
@@ -292,40 +295,63 @@ def _pack(framed: Sequence[bytes], limit: int) -> list[bytes]:
 
 
 _END: Final = object()
+_EMPTY: Final = object()
+
+
+class _Slot:
+    """Hands items one at a time from a producer thread to its consumer."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._item: object = _EMPTY
+
+    def put(self, item: object, alive: Callable[[], bool]) -> bool:
+        """Hands ``item`` over and returns once the consumer has taken it (True), or
+        when ``alive()`` turns False first (False)."""
+        with self._changed:
+            self._item = item
+            self._changed.notify_all()
+            while self._item is not _EMPTY:
+                if not alive():
+                    return False
+                self._changed.wait(HANDOVER_POLL_S)
+        return True
+
+    def take(self, timeout_s: float) -> object:
+        """Takes the item handed over, waiting up to ``timeout_s``; ``_EMPTY`` if none."""
+        with self._changed:
+            if self._item is _EMPTY:
+                self._changed.wait(timeout_s)
+            item, self._item = self._item, _EMPTY
+            if item is not _EMPTY:
+                self._changed.notify_all()
+            return item
 
 
 def _ahead(
     produce: Callable[[Callable[[], bool]], Iterator[_Batch]], is_active: Callable[[], bool]
 ) -> Iterator[_Batch]:
     """Yields what ``produce(alive)`` yields, running it in a thread of its own one item
-    ahead of the caller (it holds at most one more, waiting to be handed over).
-    ``produce`` is to stop when ``alive()`` turns False: when ``is_active()`` does, or
-    when the caller stops taking items. Its error, if any, is raised here after the
-    items before it."""
-    handover: queue.Queue[object] = queue.Queue(maxsize=1)
+    ahead of the caller: it makes the next item while the caller uses the last one, and
+    no further. ``produce`` is to stop when ``alive()`` turns False: when ``is_active()``
+    does, or when the caller stops taking items. Its error, if any, is raised here after
+    the items before it."""
+    slot = _Slot()
     stopped = threading.Event()
 
     def alive() -> bool:
         return not stopped.is_set() and is_active()
 
-    def put(item: object) -> bool:
-        while alive():
-            try:
-                handover.put(item, timeout=HANDOVER_POLL_S)
-            except queue.Full:
-                continue
-            return True
-        return False
-
     def run() -> None:
         outcome: object = _END
         try:
             for item in produce(alive):
-                if not put(item):
+                if not slot.put(item, alive):
                     return
+                del item  # while the next one is made, the caller holds this one
         except BaseException as error:  # handed over, and raised by the caller
             outcome = error
-        put(outcome)
+        slot.put(outcome, alive)
 
     # The thread runs in the caller's context (its log fields, for one).
     context = contextvars.copy_context()
@@ -333,10 +359,9 @@ def _ahead(
     thread.start()
     try:
         while True:
-            try:
-                item = handover.get(timeout=HANDOVER_POLL_S)
-            except queue.Empty:
-                if thread.is_alive() or not handover.empty():
+            item = slot.take(HANDOVER_POLL_S)
+            if item is _EMPTY:
+                if thread.is_alive():
                     continue
                 return  # it stopped because the caller's client left
             if item is _END:
