@@ -184,6 +184,7 @@ class Access:
 
     name: ClassVar[str] = "access"
     version: ClassVar[int] = 1
+    writes_after_reads: ClassVar[bool] = True
     event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
 
     def tables(self) -> Sequence[str]:

@@ -95,6 +95,7 @@ CREATIONS: dict[str, tuple[str, Callable[[CanonicalEvent], tuple[Any, ...]]]] = 
 class Catalogue:
     name: ClassVar[str] = "catalogue"
     version: ClassVar[int] = 1
+    writes_after_reads: ClassVar[bool] = True
     event_types: ClassVar[frozenset[str]] = frozenset(
         {*CREATIONS, *STATE_CHANGES, "ListingReclassified"}
     )

@@ -18,6 +18,7 @@ from ledger.projections.engine import Tables
 class AuditChain:
     name: ClassVar[str] = "chain"
     version: ClassVar[int] = 1
+    writes_after_reads: ClassVar[bool] = True
 
     def tables(self) -> Sequence[str]:
         return ("links",)

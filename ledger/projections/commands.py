@@ -57,8 +57,7 @@ def add_parser(commands: Any, settings_from: Callable[[argparse.Namespace], Sett
         "--processes",
         type=int,
         default=None,
-        help="with --once: fold the projections in this many processes "
-        "(default: one per core on PostgreSQL, one on SQLite)",
+        help="with --once: fold the projections in this many processes (default: one per core)",
     )
 
     def dispatch(args: argparse.Namespace) -> int:

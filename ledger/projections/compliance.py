@@ -216,6 +216,7 @@ class Compliance:
     """Folds the facts the detected rules need and reports findings as of any moment."""
 
     name: ClassVar[str] = "compliance"
+    writes_after_reads: ClassVar[bool] = True
     version: ClassVar[int] = projection_version(RULE_SET_VERSION)
 
     def __init__(self, settlement_window_days: int = DEFAULT_SETTLEMENT_WINDOW_DAYS) -> None:

@@ -177,6 +177,23 @@ class SqliteDatabase:
             if lock is not None:
                 lock.release()
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Tx]:
+        """A read transaction: one consistent view of the database, no write lock."""
+        conn = self._connection()
+        lock = self._shared_lock if self._shared is not None else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield _SqliteTx(conn)
+            finally:
+                conn.execute("ROLLBACK")
+        finally:
+            if lock is not None:
+                lock.release()
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         conn = self._connection()
         lock = self._shared_lock if self._shared is not None else None

@@ -34,7 +34,7 @@ from ledger.application.events import (
     EventLog,
     canonical_rows,
 )
-from ledger.projections.db import Database, Tx, WriteTx
+from ledger.projections.db import Database, SqliteDatabase, Tx, WriteTx
 from ledger.projections.leases import AlwaysHeld, Leases, lock_key
 
 LIVE = "LIVE"
@@ -76,7 +76,10 @@ class Projection(Protocol):
 
     A projection may also have ``event_types``, the types of the events its fold reads
     (it must ignore any other): the engine then decodes only those for it, and only
-    reads of the log shared with projections that fold every event decode them all."""
+    reads of the log shared with projections that fold every event decode them all.
+    ``writes_after_reads`` true says that its fold writes only with ``insert_rows``,
+    ``update_rows`` and ``executemany``, after all its reads: on SQLite the engine then
+    folds a batch before it takes the write lock (see ``_fold_first``)."""
 
     name: ClassVar[str]
     version: ClassVar[int]
@@ -104,6 +107,59 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 class _LostRace(Exception):
     """Another worker advanced the generation first; this batch was rolled back."""
+
+
+class _NotRecordable(Exception):
+    """A fold asked for what a recorded transaction cannot give."""
+
+
+class _Recorded:
+    """A fold's transaction that reads one snapshot and keeps its writes, to be replayed
+    in order under the write lock. A read after a write, or a write whose count of changed
+    rows the fold asks for, cannot be kept: the fold then runs under the lock instead."""
+
+    def __init__(self, reader: Tx) -> None:
+        self._reader = reader
+        self._writes: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        raise _NotRecordable
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._writes.append(("executemany", (sql, rows), {}))
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._writes:
+            raise _NotRecordable
+        return self._reader.fetchone(sql, params)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        if self._writes:
+            raise _NotRecordable
+        return self._reader.fetchall(sql, params)
+
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        self._writes.append(("insert_rows", (table, columns, rows), {}))
+
+    def update_rows(
+        self,
+        table: str,
+        keys: Sequence[str],
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        where: str = "",
+        add: bool = False,
+    ) -> None:
+        self._writes.append(
+            ("update_rows", (table, keys, columns, rows), {"where": where, "add": add})
+        )
+
+    def replay(self, tx: WriteTx) -> None:
+        for method, args, kwargs in self._writes:
+            getattr(tx, method)(*args, **kwargs)
 
 
 class ProjectionFailed(Exception):
@@ -186,6 +242,8 @@ class ProjectionManager:
         self._folders: ThreadPoolExecutor | None = None
         self._folders_lock = threading.Lock()
         self._skipped: dict[frozenset[str], frozenset[str]] = {}
+        # Projections whose folds cannot be recorded (see ``_fold_first``).
+        self._unrecordable: set[str] = set()
 
     # --- registry -------------------------------------------------------------------
 
@@ -402,6 +460,7 @@ class ProjectionManager:
         worker advanced the generation first (nothing is then written)."""
         projection = self.projection(gen.name)
         switch = not gen.live and last >= max(gen.target, self.log.head())
+        folded = self._fold_first(gen, projection, events, last)
         with self.db.transaction() as tx:
             # The position moves first: a worker that lost the race stops here, before
             # folding events already folded (which a projection may reject, e.g. by a
@@ -423,7 +482,10 @@ class ProjectionManager:
             if moved != 1:
                 raise _LostRace
             try:
-                projection.apply(tx, gen.tables, events)
+                if folded is not None:
+                    folded.replay(tx)
+                else:
+                    projection.apply(tx, gen.tables, events)
             except DATABASE_UNAVAILABLE:
                 # An outage is not the projection's failure: the batch rolls back and the
                 # runner tries it again once the database answers.
@@ -444,6 +506,46 @@ class ProjectionManager:
         if switch:
             self._live_cache.pop(gen.name, None)
         return last - gen.position
+
+    def _fold_first(
+        self,
+        gen: Generation,
+        projection: Projection,
+        events: Sequence[CanonicalEvent],
+        last: int,
+    ) -> _Recorded | None:
+        """On SQLite, folds the batch on a snapshot before taking the write lock, which
+        is then held only while the rows are written: SQLite has one writer at a time, so
+        a fold under the lock would hold back every other writer (another worker's folds,
+        the application's commands) for all its Python work. The snapshot is consistent,
+        and a worker that advanced the generation since is caught by the compare-and-set
+        under the lock. None where the fold must run under the lock (see ``_Recorded``)."""
+        if (
+            not isinstance(self.db, SqliteDatabase)
+            or not getattr(projection, "writes_after_reads", False)
+            or gen.name in self._unrecordable
+        ):
+            return None
+        with self.db.snapshot() as reader:
+            row = reader.fetchone(
+                "SELECT position, live FROM projection_generations "
+                "WHERE name = ? AND generation = ?",
+                (gen.name, gen.generation),
+            )
+            if row is None or (int(row[0]), bool(row[1])) != (gen.position, gen.live):
+                raise _LostRace
+            recorded = _Recorded(reader)
+            try:
+                projection.apply(recorded, gen.tables, events)
+            except _NotRecordable:
+                self._unrecordable.add(gen.name)
+                return None
+            except DATABASE_UNAVAILABLE:
+                raise
+            except Exception as error:
+                position = int(events[0]["position"]) if events else last
+                raise ProjectionFailed(position, error) from error
+        return recorded
 
     def _fail(self, gen: Generation, failed: ProjectionFailed) -> None:
         with self.db.transaction() as tx:

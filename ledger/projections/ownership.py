@@ -202,6 +202,7 @@ class Ownership:
 
     name: ClassVar[str] = "ownership"
     version: ClassVar[int] = 1
+    writes_after_reads: ClassVar[bool] = True
     event_types: ClassVar[frozenset[str]] = frozenset(_HANDLERS)
 
     def tables(self) -> Sequence[str]:

@@ -54,12 +54,9 @@ def groups(names: Sequence[str], count: int) -> list[list[str]]:
     return [group for group in split if group]
 
 
-def default_processes(manager: ProjectionManager) -> int:
-    """On PostgreSQL one process per core the program may run on. On SQLite one: its
-    writers take turns for a whole batch, fold included, so a second process would
-    mostly wait for the first (and decode the log a second time)."""
-    if manager.db.dialect != "postgresql":
-        return 1
+def default_processes() -> int:
+    """One process per core the program may run on (on SQLite too: a worker folds a
+    batch before it takes the write lock, which it holds only to write the rows)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -95,7 +92,7 @@ def catch_up(
     behind and the store is shared (SQLite or PostgreSQL, not in memory)."""
     deadline = time.monotonic() + timeout_s
     names = list(manager.projections)
-    wanted = default_processes(manager) if processes is None else processes
+    wanted = default_processes() if processes is None else processes
     count = min(wanted, max(1, _lag(manager) // max(1, min_events_per_worker)))
     if settings.database_url.startswith("memory:") or count < 2:
         with bulk_gc():

@@ -4,7 +4,6 @@ the calling process folds its own group and whatever the workers left."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -17,7 +16,7 @@ from ledger.bench.dataset import generate
 from ledger.bootstrap import build_application, build_projections
 from ledger.projections.db import SqliteDatabase, Tx, WriteTx
 from ledger.projections.engine import LIVE, ProjectionManager, Tables
-from ledger.projections.parallel import catch_up, default_processes, groups
+from ledger.projections.parallel import catch_up, groups
 from ledger.projections.registry import all_projections
 from ledger.settings import Settings
 
@@ -105,22 +104,6 @@ def test_a_lag_too_short_for_workers_is_caught_up_in_this_process(tmp_path: Path
         manager = build_projections(settings, app)
         catch_up(settings, manager, processes=2, min_events_per_worker=app.head_position())
         assert {name for name, _ in manager._applied} == set(NAMES)
-        manager.db.close()
-    finally:
-        app.close()
-
-
-def test_by_default_sqlite_catches_up_in_one_process_postgresql_in_one_per_core(
-    tmp_path: Path,
-) -> None:
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}")
-    app = build_application(settings)
-    try:
-        manager = build_projections(settings, app)
-        assert default_processes(manager) == 1
-        manager.db.dialect = "postgresql"  # only its dialect is asked
-        assert default_processes(manager) == len(os.sched_getaffinity(0))
-        manager.db.dialect = "sqlite"
         manager.db.close()
     finally:
         app.close()
