@@ -104,7 +104,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, background=True)
     dev_tokens: Path | None = None
     if args.dev:
         credentials = write_dev_principals(settings.var_dir)

@@ -9,7 +9,10 @@ redaction of secrets.
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import queue
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -88,11 +91,98 @@ class _LedgerHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler ``configure_logging`` installs; a marker so it can replace it."""
 
 
-def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+# Lines waiting for the background writer; past this many, new lines are dropped (and
+# counted) rather than making a caller wait for the output.
+BACKGROUND_QUEUE_LINES = 10_000
+
+
+class _Writer(logging.handlers.QueueListener):
+    def __init__(self, lines: queue.Queue[logging.LogRecord | None], handler: logging.Handler):
+        super().__init__(lines, handler)
+        self.lines = lines
+
+    def enqueue_sentinel(self) -> None:
+        # The queue may be full: wait for the writer to take a line (it always does).
+        # None is the listener's end-of-queue mark.
+        self.lines.put(None)
+
+
+class _Background(logging.handlers.QueueHandler):
+    """Hands records to a writer thread, so a caller (an RPC thread) never waits for the
+    formatting or for a slow output. A record keeps the request context of the thread
+    that logged it; when the queue is full the record is dropped and counted, and the
+    writer reports the count with its next line."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        lines: queue.Queue[logging.LogRecord | None] = queue.Queue(BACKGROUND_QUEUE_LINES)
+        super().__init__(lines)
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self.listener = _Writer(lines, handler)
+        self.listener.start()
+        self._running = True
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # Formatting happens in the writer thread; the context is this thread's.
+        record.ledger_context = structlog.contextvars.get_contextvars()
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        if self.dropped:
+            with self._lock:
+                dropped, self.dropped = self.dropped, 0
+            warning = logging.LogRecord(
+                "ledger.logging", logging.WARNING, __file__, 0, "log lines dropped", None, None
+            )
+            warning.ledger_context = {"dropped_lines": dropped}
+            try:
+                self.queue.put_nowait(warning)
+            except queue.Full:
+                with self._lock:
+                    self.dropped += dropped
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+
+    def flush(self) -> None:
+        """Writes what is queued; the writer then goes on."""
+        with self._lock:
+            if self._running:
+                self.listener.stop()
+                self.listener.start()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._running:
+                self.listener.stop()  # writes what is queued
+                self._running = False
+        super().close()
+
+
+def merge_context(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """Adds the request context: the one a record carries from the thread that logged it
+    (written in the background), else the current thread's."""
+    record = event_dict.get("_record")
+    context = getattr(record, "ledger_context", None)
+    if context is None:
+        return structlog.contextvars.merge_contextvars(logger, method, event_dict)
+    for key, value in context.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
+def configure_logging(
+    fmt: str = "auto", level: str = "info", stream: TextIO | None = None, background: bool = False
+) -> None:
     """Configures structlog and the standard library to write to ``stream`` (stderr).
 
     ``fmt`` is ``json``, ``console`` or ``auto`` (console on a terminal, else JSON);
-    ``level`` is a level name such as ``info``. Calling it again replaces the set-up.
+    ``level`` is a level name such as ``info``. With ``background`` a writer thread
+    formats and writes the lines (a server's RPC threads then never wait for the
+    output); ``flush_logging`` writes what is queued. Calling it again replaces the
+    set-up.
     """
     if fmt not in FORMATS:
         raise ValueError(f"log format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -105,7 +195,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     json_lines = fmt == "json" or (fmt == "auto" and not on_terminal)
 
     shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
+        merge_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -129,9 +219,10 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=final)
     )
     root = logging.getLogger()
-    for existing in [h for h in root.handlers if isinstance(h, _LedgerHandler)]:
+    for existing in [h for h in root.handlers if isinstance(h, _LedgerHandler | _Background)]:
         root.removeHandler(existing)
-    root.addHandler(handler)
+        existing.close()
+    root.addHandler(_Background(handler) if background else handler)
     root.setLevel(level_no)
 
     structlog.configure(
@@ -146,6 +237,13 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         # that modules created at import time.
         cache_logger_on_first_use=False,
     )
+
+
+def flush_logging() -> None:
+    """Writes every queued line (a background writer keeps running)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _Background):
+            handler.flush()
 
 
 def _isatty(stream: TextIO) -> bool:

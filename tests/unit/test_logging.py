@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +14,8 @@ from typing import Any
 import pytest
 import structlog
 
-from ledger.logging import REDACTED, configure_logging, is_sensitive
+import ledger.logging
+from ledger.logging import REDACTED, configure_logging, flush_logging, is_sensitive
 
 # A made-up bearer token that the logs must never show.
 TOKEN = "tok-5a1b6c2d7e3f"
@@ -212,3 +215,63 @@ def test_configuring_again_replaces_the_handler_instead_of_adding_one() -> None:
 def test_unknown_format_or_level_is_refused(fmt: str, level: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         configure_logging(fmt, level)
+
+
+class BlockedOutput(io.StringIO):
+    """An output that does not take a line until it is released (a full pipe)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.released.wait(10)
+        return super().write(text)
+
+
+def test_in_the_background_a_blocked_output_never_makes_the_caller_wait() -> None:
+    out = BlockedOutput()
+    configure_logging("json", stream=out, background=True)
+    started = time.monotonic()
+    for n in range(50):
+        structlog.get_logger().info("line", n=n)
+    elapsed = time.monotonic() - started
+    out.released.set()
+    flush_logging()
+    assert [line["n"] for line in json_lines(out)] == list(range(50))
+    assert elapsed < 5  # the output was blocked for 10 s: the calls did not wait for it
+
+
+def test_in_the_background_every_line_keeps_the_context_of_the_thread_that_logged_it() -> None:
+    out = io.StringIO()
+    configure_logging("json", stream=out, background=True)
+    with structlog.contextvars.bound_contextvars(request_id="req-7"):
+        structlog.get_logger().info("from structlog")
+        logging.getLogger("some.library").warning("from the stdlib %s", "logger")
+    logging.getLogger("some.library").warning("after the request")
+    flush_logging()
+    first, second, third = json_lines(out)
+    assert first["request_id"] == second["request_id"] == "req-7"
+    assert second["event"] == "from the stdlib logger"
+    assert "request_id" not in third
+
+
+def test_in_the_background_a_full_queue_drops_lines_and_says_how_many(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ledger.logging, "BACKGROUND_QUEUE_LINES", 5)
+    out = BlockedOutput()
+    configure_logging("json", stream=out, background=True)
+    for n in range(40):
+        structlog.get_logger().info("line", n=n)
+    out.released.set()
+    flush_logging()
+    structlog.get_logger().info("after")
+    flush_logging()
+    lines = json_lines(out)
+    written = [line for line in lines if line["event"] == "line"]
+    dropped = [line for line in lines if line["event"] == "log lines dropped"]
+    assert len(written) < 40
+    assert dropped
+    assert len(written) + sum(d["dropped_lines"] for d in dropped) == 40
+    assert lines[-1]["event"] == "after"
