@@ -134,18 +134,10 @@ def canonical_rows(rows: Iterable[StoredRow]) -> list[CanonicalEvent]:
             msg = f"position {position}: unknown event topic {topic!r}"
             raise ValueError(msg)
         try:
-            data = loads(state)
-            # What is left once the envelope is taken out is the payload.
-            stamp = data.pop("timestamp")
-            effective = data.pop("effective_at")
-            actor = data.pop("actor")
-            role = data.pop("role")
-            request_id = data.pop("request_id")
-            data.pop("originator_topic", None)
-            if not untag_payload(state, topic, stamp, effective, data):
+            split = split_state(loads(state), state, topic)
+            if split is None:
                 raise _Generic
-            recorded_at = stamp["_data_"]
-            effective_at = effective["_data_"]
+            data, recorded_at, effective_at, actor, role, request_id = split
             append(
                 {
                     "position": position,
@@ -184,6 +176,25 @@ def canonical_rows(rows: Iterable[StoredRow]) -> list[CanonicalEvent]:
 
 class _Generic(Exception):
     """A stored state outside the fast path of ``canonical_rows``."""
+
+
+def split_state(
+    data: dict[str, Any], state: bytes, topic: str
+) -> tuple[dict[str, Any], str, str, str, str, str] | None:
+    """The fast path's reading of a decoded stored state: ``(payload, recorded_at,
+    effective_at, actor, role, request_id)``, the times as stored and the payload (what
+    is left once the envelope is taken out) untagged; None where the fast path does not
+    cover the state, and the reference decoder decides. A malformed state raises
+    ``KeyError``, ``TypeError`` or ``AttributeError``."""
+    stamp = data.pop("timestamp")
+    effective = data.pop("effective_at")
+    actor = data.pop("actor")
+    role = data.pop("role")
+    request_id = data.pop("request_id")
+    data.pop("originator_topic", None)
+    if not untag_payload(state, topic, stamp, effective, data):
+        return None
+    return data, stamp["_data_"], effective["_data_"], actor, role, request_id
 
 
 def untag_payload(state: bytes, topic: str, stamp: Any, effective: Any, payload: Any) -> bool:

@@ -24,7 +24,7 @@ from typing import Any, Final
 import grpc
 import orjson
 
-from ledger.application.events import EVENT_TOPICS, SKIPPED_TOPICS, untag_payload
+from ledger.application.events import EVENT_TOPICS, SKIPPED_TOPICS, split_state
 from ledger.audit.stored import LinkedRow, decode_rows
 from ledger.v1 import audit_pb2_grpc
 
@@ -304,16 +304,11 @@ def encode_rows(rows: Iterable[LinkedRow]) -> list[bytes]:
         # The fast path of ``canonical_rows``: the envelope taken out of the state leaves
         # the payload, and the stored times are UTC with microseconds.
         try:
-            data = loads(state)
-            stamp = data.pop("timestamp")
-            effective = data.pop("effective_at")
-            actor = (data.pop("actor"), data.pop("role"))
-            request_id = data.pop("request_id")
-            data.pop("originator_topic", None)
-            if not untag_payload(state, topic, stamp, effective, data):
+            split = split_state(loads(state), state, topic)
+            if split is None:
                 raise _Generic
-            recorded_at = stamp["_data_"]
-            effective_at = effective["_data_"]
+            data, recorded_at, effective_at, actor_id, role, request_id = split
+            actor = (actor_id, role)
             if (
                 len(recorded_at) != 32
                 or recorded_at[26:] != "+00:00"
