@@ -200,7 +200,12 @@ class WorkingSet:
         for aggregate_id, mark in self._marks.items():
             aggregate = self._aggregates[aggregate_id]
             if len(aggregate.pending_events) != mark:
-                self._aggregates[aggregate_id] = self._restore(aggregate, mark)
+                restored = self._restore(aggregate, mark)
+                self._aggregates[aggregate_id] = restored
+                if aggregate_id in self._changed:
+                    # Changed by an earlier command: what is written and then cached is
+                    # the state that command left.
+                    self._changed[aggregate_id] = restored
         self._marks.clear()
 
     def _restore(self, aggregate: LedgerAggregate, mark: int) -> LedgerAggregate:

@@ -282,3 +282,30 @@ def test_the_cache_of_stored_aggregates_is_bounded_and_keeps_no_request_markers(
     cache.put(other)  # the least recently used (the trade) goes
     assert len(cache) == 2
     assert cache.get(trade.id) is None
+
+
+def test_an_undone_command_leaves_no_trace_for_later_batches_either(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sale, grant = sale_and_grant(market, market.listed())
+    settle = c.SettleTrade(request_id=rid(), trade_id=grant.trade_id, settlement_ref="S-1")
+    settle_for_real = market.app._settle_trade
+
+    def settles_then_fails(command: c.SettleTrade, act: Act) -> Decision:
+        settle_for_real(command, act)
+        raise RuleViolation("R11", "TEST_REFUSED", "refused after the change")
+
+    # The sale creates the trade; the failing settlement changes it and is undone, and
+    # no later command of the batch touches the trade again.
+    monkeypatch.setattr(market.app, "_settle_trade", settles_then_fails)
+    sold, refused = batch(market, sale, settle)
+    assert isinstance(sold, Outcome)
+    assert isinstance(refused, RuleViolation)
+    monkeypatch.undo()
+    again = c.SettleTrade(request_id=rid(), trade_id=grant.trade_id, settlement_ref="S-2")
+    settled = batch(market, again)[0]
+    assert isinstance(settled, Outcome), settled
+    assert settled.resource.version == 2
+    trade = market.app.get(Trade, grant.trade_id, market.actor)
+    assert trade.state is TradeState.SETTLED
+    assert trade.version == 2
