@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from functools import cache, partial
 from typing import Any, TypeVar, cast
 from uuid import UUID
@@ -873,12 +873,9 @@ def _named_ids(items: Sequence[tuple[c.Command, Actor]]) -> list[UUID]:
     """The aggregates a batch names: its request markers and every id field."""
     ids: list[UUID] = []
     for command, _actor in items:
-        names = _ID_FIELDS.get(type(command))
-        if names is None:
-            names = _ID_FIELDS[type(command)] = [
-                f.name for f in fields(command) if f.name.endswith("_id")
-            ]
-        for name in names:
+        for name in c.field_names(type(command)):
+            if not name.endswith("_id"):
+                continue
             value = getattr(command, name)
             try:
                 if name == "request_id":
@@ -888,9 +885,6 @@ def _named_ids(items: Sequence[tuple[c.Command, Actor]]) -> list[UUID]:
             except (ValueError, LedgerError):
                 continue  # reported when the command runs
     return ids
-
-
-_ID_FIELDS: dict[type[c.Command], list[str]] = {}
 
 
 def _reused(request_id: str, command: str) -> AlreadyExists:

@@ -30,7 +30,7 @@ class Command:
         the same fingerprint, or it is a different request."""
         # Fields hold plain values (no nested dataclasses), so this equals what
         # ``dataclasses.asdict`` gives, without its recursive copy.
-        data = {name: getattr(self, name) for name in _field_names(type(self))}
+        data = {name: getattr(self, name) for name in field_names(type(self))}
         data.pop("request_id")
         data["kind"] = self.kind
         return hashlib.sha256(
@@ -38,7 +38,8 @@ class Command:
         ).hexdigest()
 
 
-def _field_names(command: type[Command]) -> tuple[str, ...]:
+def field_names(command: type[Command]) -> tuple[str, ...]:
+    """The names of a command's fields, computed once per class."""
     names = _FIELD_NAMES.get(command)
     if names is None:
         names = _FIELD_NAMES[command] = tuple(f.name for f in dataclasses.fields(command))
