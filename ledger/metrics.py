@@ -99,11 +99,24 @@ class Metrics:
             "Position of the newest event in the log.",
             registry=self.registry,
         )
+        self._rpc_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def observe_rpc(self, method: str, code: str, duration_s: float) -> None:
         """Counts one finished RPC with its status code name and records its duration."""
-        self.rpc_total.labels(method=method, code=code).inc()
-        self.rpc_duration_seconds.labels(method=method).observe(duration_s)
+        series = self._rpc_series.get((method, code))
+        if series is None:
+            # Looking a labelled series up costs more than the update; methods and codes
+            # are few, so each pair's series are kept.
+            series = self._rpc_series.setdefault(
+                (method, code),
+                (
+                    self.rpc_total.labels(method=method, code=code),
+                    self.rpc_duration_seconds.labels(method=method),
+                ),
+            )
+        total, duration = series
+        total.inc()
+        duration.observe(duration_s)
 
     def count_rule_rejection(self, rule: str) -> None:
         """Counts one command rejected by ``rule`` (e.g. ``R05``)."""

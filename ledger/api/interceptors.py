@@ -1,24 +1,22 @@
-"""Server interceptors: request logging, metrics, error mapping, deadlines, authentication
-and authorisation.
+"""The server's interceptor: request logging, metrics, error mapping, deadlines,
+authentication and authorisation, in that order, around every RPC.
 
-``intercept_service`` runs on the server's polling thread, so it only wraps the
-handler; each interceptor's ``guard`` runs around the behaviour on the worker thread.
-The interceptors of one RPC share a :class:`Call` record, and servicers read the
-authenticated actor from it with :func:`actor_of` (not from contextvars, which do not
-reliably reach sync handlers from ``intercept_service``).
+``intercept_service`` runs on the server's polling thread, which every RPC waits for, so
+it only looks up the method's wrapped handler (built once per method); the concerns run
+around the behaviour on the worker thread. Servicers read the RPC's :class:`Call` record
+(the authenticated actor among it) with :func:`actor_of` and :func:`current_call` (not
+from contextvars, which do not reliably reach sync handlers from ``intercept_service``).
 """
 
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import Token
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import structlog
 from google.protobuf.message import DecodeError, Message
 
 from ledger.api import authz
@@ -26,6 +24,7 @@ from ledger.api.errors import ApiError, DeadlineExceeded, Unauthenticated, to_gr
 from ledger.api.principals import Principal, PrincipalStore
 from ledger.application.app import Actor
 from ledger.domain.errors import InvalidArgument, LedgerError, PermissionDenied, RuleViolation
+from ledger.logging import bind_request_context, log_line, unbind_request_context
 from ledger.metrics import Metrics
 
 Behaviour = Callable[..., Any]
@@ -83,22 +82,6 @@ def actor_of(context: grpc.ServicerContext) -> Actor:
     return actor
 
 
-@contextmanager
-def _call_scope(
-    details: grpc.HandlerCallDetails, request: Any, context: grpc.ServicerContext
-) -> Iterator[Call]:
-    call = _calls.get(context)
-    if call is not None:
-        yield call
-        return
-    call = Call(details.method, tuple(details.invocation_metadata or ()), request)
-    _calls[context] = call
-    try:
-        yield call
-    finally:
-        del _calls[context]
-
-
 @dataclass(frozen=True)
 class UndecodableRequest:
     """Stands in for request bytes that are not a message of the method's request type.
@@ -142,62 +125,6 @@ _BEHAVIOURS = {
 }
 
 
-class GuardInterceptor(grpc.ServerInterceptor, ABC):
-    """Runs :meth:`guard` around every RPC's behaviour, streamed responses included."""
-
-    @abstractmethod
-    def guard(self, call: Call, context: grpc.ServicerContext) -> AbstractContextManager[None]:
-        """Returns the context manager the behaviour runs in."""
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        kind = (bool(handler.request_streaming), bool(handler.response_streaming))
-        behaviour = getattr(handler, _BEHAVIOURS[kind])
-        wrapped = self._stream(behaviour, details) if kind[1] else self._unary(behaviour, details)
-        return _FACTORIES[kind](
-            wrapped,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
-
-    def _unary(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
-        def run(request: Any, context: grpc.ServicerContext) -> Any:
-            with _call_scope(details, request, context) as call, self.guard(call, context):
-                return behaviour(request, context)
-
-        return run
-
-    def _stream(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
-        if getattr(behaviour, "experimental_non_blocking", False):
-            return self._non_blocking(behaviour, details)
-
-        def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            # A generator, so that errors raised while iterating pass the guard too.
-            with _call_scope(details, request, context) as call, self.guard(call, context):
-                yield from behaviour(request, context)
-
-        return run
-
-    def _non_blocking(self, behaviour: Behaviour, details: grpc.HandlerCallDetails) -> Behaviour:
-        # Health's Watch registers a callback and returns at once; grpc only passes the
-        # callback to behaviours marked non-blocking, so the wrapper keeps the marks.
-        def run(request: Any, context: grpc.ServicerContext, send_response: Any) -> Any:
-            with _call_scope(details, request, context) as call, self.guard(call, context):
-                return behaviour(request, context, send_response)
-
-        run.experimental_non_blocking = True  # type: ignore[attr-defined]
-        run.experimental_thread_pool = getattr(  # type: ignore[attr-defined]
-            behaviour, "experimental_thread_pool", None
-        )
-        return run
-
-
 def _final_code(context: grpc.ServicerContext, exc: BaseException | None) -> str:
     """Returns the name of the status code an RPC ends with."""
     if isinstance(exc, GeneratorExit):
@@ -208,47 +135,31 @@ def _final_code(context: grpc.ServicerContext, exc: BaseException | None) -> str
     return "OK" if exc is None else "UNKNOWN"
 
 
-class _ObservingInterceptor(GuardInterceptor):
-    """Calls :meth:`finished` with the final status code and duration of each RPC."""
+class RequestLog:
+    """One structured line per RPC; the RPC's method and request_id go on every line
+    logged while it runs. Never logs tokens or payloads."""
 
-    @abstractmethod
-    def finished(self, call: Call, code: str, duration_s: float) -> None: ...
-
-    @contextmanager
-    def guard(self, call: Call, context: grpc.ServicerContext) -> Iterator[None]:
-        error: BaseException | None = None
-        try:
-            yield
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self.finished(call, _final_code(context, error), time.perf_counter() - call.started)
-
-
-class LoggingInterceptor(_ObservingInterceptor):
-    """Writes one structured line per RPC, and binds its method and request_id to every
-    line logged while it runs. Never logs tokens or payloads."""
-
-    def __init__(self) -> None:
-        self._log = structlog.get_logger("ledger.rpc")
-
-    @contextmanager
-    def guard(self, call: Call, context: grpc.ServicerContext) -> Iterator[None]:
-        bound = {"method": call.method}
-        if call.request_id:
-            bound["request_id"] = call.request_id
-        with structlog.contextvars.bound_contextvars(**bound), super().guard(call, context):
-            yield
+    def started(self, call: Call) -> Token[Mapping[str, Any]]:
+        request_id = call.request_id
+        bound = (
+            {"method": call.method, "request_id": request_id}
+            if request_id
+            else {"method": call.method}
+        )
+        return bind_request_context(bound)
 
     def finished(self, call: Call, code: str, duration_s: float) -> None:
         principal = call.principal.id if call.principal is not None else None
-        self._log.info(
-            "rpc", principal=principal, code=code, duration_ms=round(duration_s * 1000, 3)
+        log_line(
+            "ledger.rpc",
+            "rpc",
+            principal=principal,
+            code=code,
+            duration_ms=round(duration_s * 1000, 3),
         )
 
 
-class MetricsInterceptor(_ObservingInterceptor):
+class RpcMetrics:
     """Counts RPCs by method and code, their latency, and rule rejections by rule id."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -260,31 +171,11 @@ class MetricsInterceptor(_ObservingInterceptor):
             self._metrics.count_rule_rejection(rule)
 
 
-class ErrorInterceptor(GuardInterceptor):
-    """Turns every error raised below it into a rich status (see ``ledger.api.errors``)."""
-
-    @contextmanager
-    def guard(self, call: Call, context: grpc.ServicerContext) -> Iterator[None]:
-        try:
-            yield
-        except (LedgerError, ApiError) as exc:
-            call.record(exc)
-            context.abort_with_status(to_grpc_status(exc, call.message))
-        except Exception as exc:
-            if context.code() is not None:
-                raise  # the handler aborted the RPC itself
-            context.abort_with_status(to_grpc_status(exc))
-
-
-class DeadlineInterceptor(GuardInterceptor):
+def refuse_late(context: grpc.ServicerContext) -> None:
     """Refuses to start an RPC whose deadline passed while it waited for a worker."""
-
-    @contextmanager
-    def guard(self, call: Call, context: grpc.ServicerContext) -> Iterator[None]:
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceeded("the deadline passed before the call started")
-        yield
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded("the deadline passed before the call started")
 
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
@@ -299,14 +190,13 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
     return None
 
 
-class AuthenticationInterceptor(GuardInterceptor):
+class Authentication:
     """Finds the principal of the bearer token; only public methods need none."""
 
     def __init__(self, principals: PrincipalStore) -> None:
         self._principals = principals
 
-    @contextmanager
-    def guard(self, call: Call, context: grpc.ServicerContext) -> Iterator[None]:
+    def admit(self, call: Call) -> None:
         policy = authz.policy_for(call.method)
         if policy is None or not policy.public:
             token = bearer_token(call.metadata)
@@ -317,50 +207,167 @@ class AuthenticationInterceptor(GuardInterceptor):
             call.principal = self._principals.authenticate(token)
             if call.principal is None:
                 raise Unauthenticated("the bearer token is not valid")
-        yield
 
 
-class AuthorisationInterceptor(GuardInterceptor):
+def authorise(call: Call) -> None:
     """Applies the role policy of ``ledger.api.authz`` and builds the application actor.
 
     Venue scope is enforced by the application through ``Actor.venues``.
     """
-
-    @contextmanager
-    def guard(self, call: Call, context: grpc.ServicerContext) -> Iterator[None]:
-        principal = call.principal
-        if isinstance(call.request, UndecodableRequest):
-            # After authentication, so that an anonymous caller learns nothing more.
-            raise InvalidArgument.of(
-                "request", f"not a valid request message: {call.request.error}"
+    principal = call.principal
+    if isinstance(call.request, UndecodableRequest):
+        # After authentication, so that an anonymous caller learns nothing more.
+        raise InvalidArgument.of("request", f"not a valid request message: {call.request.error}")
+    if not authz.may_call(principal, call.method):
+        role = principal.role.value if principal is not None else "anonymous"
+        raise PermissionDenied(f"role {role} may not call {call.method}")
+    if principal is not None:
+        policy = authz.policy_for(call.method)
+        acts_as = policy.acts_as if policy is not None else None
+        if acts_as and not authz.may_act_as(principal, str(getattr(call.message, acts_as, ""))):
+            raise PermissionDenied(
+                f"{principal.role.value} {principal.id} may only give its own id in {acts_as}"
             )
-        if not authz.may_call(principal, call.method):
-            role = principal.role.value if principal is not None else "anonymous"
-            raise PermissionDenied(f"role {role} may not call {call.method}")
-        if principal is not None:
-            policy = authz.policy_for(call.method)
-            acts_as = policy.acts_as if policy is not None else None
-            if acts_as and not authz.may_act_as(principal, str(getattr(call.message, acts_as, ""))):
-                raise PermissionDenied(
-                    f"{principal.role.value} {principal.id} may only give its own id in {acts_as}"
-                )
-            venues = principal.scope if authz.is_restricted(principal) else None
-            call.actor = Actor(principal.id, principal.role.value, venues)
-        yield
+        venues = principal.scope if authz.is_restricted(principal) else None
+        call.actor = Actor(principal.id, principal.role.value, venues)
+
+
+class LedgerInterceptor(grpc.ServerInterceptor):
+    """Runs every concern of this module around each RPC's behaviour, streamed responses
+    included: the request log and metrics see every outcome, refusals included; errors
+    raised below them (the refusals of the deadline, authentication and authorisation
+    checks, and the application's) go through one mapping to a rich status."""
+
+    def __init__(self, principals: PrincipalStore, metrics: Metrics) -> None:
+        self._log = RequestLog()
+        self._metrics = RpcMetrics(metrics)
+        self._authentication = Authentication(principals)
+        # Wrapped handlers by method; only the polling thread reads and writes it.
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method = details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is None:
+            handler = continuation(details)
+            if handler is None:
+                return None
+            wrapped = self._handlers[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        kind = (bool(handler.request_streaming), bool(handler.response_streaming))
+        behaviour = getattr(handler, _BEHAVIOURS[kind])
+        if not kind[1]:
+            wrapped = self._unary(method, behaviour)
+        elif getattr(behaviour, "experimental_non_blocking", False):
+            wrapped = self._non_blocking(method, behaviour)
+        else:
+            wrapped = self._stream(method, behaviour)
+        return _FACTORIES[kind](
+            wrapped,
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+    def _unary(self, method: str, behaviour: Behaviour) -> Behaviour:
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            call = Call(method, context.invocation_metadata(), request)
+            with _Scope(self, call, context):
+                self.admit(call, context)
+                return behaviour(request, context)
+
+        return run
+
+    def _stream(self, method: str, behaviour: Behaviour) -> Behaviour:
+        def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            # A generator, so that errors raised while iterating pass the scope too.
+            call = Call(method, context.invocation_metadata(), request)
+            with _Scope(self, call, context):
+                self.admit(call, context)
+                yield from behaviour(request, context)
+
+        return run
+
+    def _non_blocking(self, method: str, behaviour: Behaviour) -> Behaviour:
+        # Health's Watch registers a callback and returns at once; grpc only passes the
+        # callback to behaviours marked non-blocking, so the wrapper keeps the marks.
+        def run(request: Any, context: grpc.ServicerContext, send_response: Any) -> Any:
+            call = Call(method, context.invocation_metadata(), request)
+            with _Scope(self, call, context):
+                self.admit(call, context)
+                return behaviour(request, context, send_response)
+
+        run.experimental_non_blocking = True  # type: ignore[attr-defined]
+        run.experimental_thread_pool = getattr(  # type: ignore[attr-defined]
+            behaviour, "experimental_thread_pool", None
+        )
+        return run
+
+    def admit(self, call: Call, context: grpc.ServicerContext) -> None:
+        """Lets the RPC run, or raises why not."""
+        refuse_late(context)
+        self._authentication.admit(call)
+        authorise(call)
+
+    def fail(self, call: Call, context: grpc.ServicerContext, exc: Exception) -> None:
+        """Ends the RPC with the rich status of ``exc`` (see ``ledger.api.errors``), unless
+        the handler aborted it itself."""
+        if isinstance(exc, LedgerError | ApiError):
+            call.record(exc)
+            context.abort_with_status(to_grpc_status(exc, call.message))
+        elif context.code() is None:
+            context.abort_with_status(to_grpc_status(exc))
+
+    def finished(
+        self, call: Call, context: grpc.ServicerContext, exc: BaseException | None
+    ) -> None:
+        code = _final_code(context, exc)
+        duration_s = time.perf_counter() - call.started
+        self._metrics.finished(call, code, duration_s)
+        self._log.finished(call, code, duration_s)
+
+
+class _Scope:
+    """The span of one RPC: its record is current and its log context bound while the
+    behaviour runs; on the way out an error becomes a status, and the outcome is
+    logged and counted."""
+
+    __slots__ = ("_context", "_interceptor", "_token", "call")
+
+    def __init__(
+        self, interceptor: LedgerInterceptor, call: Call, context: grpc.ServicerContext
+    ) -> None:
+        self._interceptor = interceptor
+        self._context = context
+        self.call = call
+
+    def __enter__(self) -> Call:
+        _calls[self._context] = self.call
+        self._token = self._interceptor._log.started(self.call)
+        return self.call
+
+    def __exit__(
+        self, _type: type[BaseException] | None, exc: BaseException | None, _tb: Any
+    ) -> None:
+        error = exc
+        try:
+            if isinstance(exc, Exception):
+                try:
+                    self._interceptor.fail(self.call, self._context, exc)
+                except BaseException as raised:
+                    error = raised
+                    raise
+        finally:
+            self._interceptor.finished(self.call, self._context, error)
+            del _calls[self._context]
+            unbind_request_context(self._token)
 
 
 def interceptors(principals: PrincipalStore, metrics: Metrics) -> list[grpc.ServerInterceptor]:
-    """Returns the server's interceptors, outermost first.
-
-    Logging and metrics are outermost so that they see every outcome, refusals
-    included; error mapping comes next so that the authentication and authorisation
-    refusals below it go through the same mapping as the application's errors.
-    """
-    return [
-        LoggingInterceptor(),
-        MetricsInterceptor(metrics),
-        ErrorInterceptor(),
-        DeadlineInterceptor(),
-        AuthenticationInterceptor(principals),
-        AuthorisationInterceptor(),
-    ]
+    """Returns the server's interceptors, outermost first."""
+    return [LedgerInterceptor(principals, metrics)]

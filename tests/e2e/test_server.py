@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -34,6 +36,7 @@ from ledger.v1 import (
 from tests.e2e.conftest import (
     ROOT,
     Credentials,
+    LedgerProcess,
     Parties,
     ServerFiles,
     Stubs,
@@ -318,6 +321,37 @@ def test_a_sale_of_an_unlisted_product_breaks_r05(
         "ledger.v1",
         "R05",
     )
+
+
+def rpc_lines(server: LedgerProcess, request_id: str) -> list[dict[str, Any]]:
+    """The server's per-RPC log lines of ``request_id``, waiting for its log writer."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in server.log_file.read_text().splitlines()]
+        found = [line for line in lines if line.get("request_id") == request_id]
+        if any(line["event"] == "rpc" for line in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_every_rpc_is_logged_once_with_its_outcome_and_never_its_token(
+    server: LedgerProcess, stubs: Stubs, credentials: Credentials, parties: Parties
+) -> None:
+    listing = submit(stubs, credentials, parties)
+    request = sale_request(listing.id, parties)
+    started = datetime.now(UTC)
+    failure(lambda: stubs.trades.RecordSale(request, metadata=credentials.of(Role.EXCHANGE)))
+
+    (line,) = [line for line in rpc_lines(server, request.request_id) if line["event"] == "rpc"]
+    assert line["logger"] == "ledger.rpc"
+    assert line["level"] == "info"
+    assert line["method"] == "/ledger.v1.TradeService/RecordSale"
+    assert line["code"] == "FAILED_PRECONDITION"
+    assert line["principal"] == "dev-exchange"
+    assert line["duration_ms"] >= 0
+    logged_at = datetime.fromisoformat(line["timestamp"])
+    assert started - timedelta(seconds=1) <= logged_at <= datetime.now(UTC)
+    assert credentials.dev.token_for(Role.EXCHANGE) not in server.log_file.read_text()
 
 
 def test_a_missing_listing_is_not_found(stubs: Stubs, credentials: Credentials) -> None:

@@ -275,3 +275,47 @@ def test_in_the_background_a_full_queue_drops_lines_and_says_how_many(
     assert dropped
     assert len(written) + sum(d["dropped_lines"] for d in dropped) == 40
     assert lines[-1]["event"] == "after"
+
+
+def test_log_line_in_the_background_is_the_line_structlog_would_write() -> None:
+    out = BlockedOutput()
+    configure_logging("json", stream=out, background=True)
+    structlog.get_logger().info("first")  # the writer takes it and waits on the output
+    token = ledger.logging.bind_request_context({"method": "/m", "request_id": "req-9"})
+    try:
+        logged_at = datetime.now(UTC)
+        ledger.logging.log_line("ledger.rpc", "rpc", code="OK", token=TOKEN, duration_ms=0.5)
+    finally:
+        ledger.logging.unbind_request_context(token)
+    time.sleep(0.05)
+    released_at = datetime.now(UTC)
+    out.released.set()
+    flush_logging()
+    _first, line = json_lines(out)
+    assert TOKEN not in out.getvalue()
+    # Stamped when logged, although formatted only after the output was released.
+    assert logged_at <= datetime.fromisoformat(line.pop("timestamp")) < released_at
+    assert line == {
+        "event": "rpc",
+        "level": "info",
+        "logger": "ledger.rpc",
+        "method": "/m",
+        "request_id": "req-9",
+        "code": "OK",
+        "token": REDACTED,
+        "duration_ms": 0.5,
+    }
+
+
+def test_log_line_without_a_background_writer_logs_through_structlog() -> None:
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    with structlog.contextvars.bound_contextvars(request_id="req-3"):
+        ledger.logging.log_line("ledger.rpc", "rpc", code="NOT_FOUND")
+    (line,) = json_lines(out)
+    assert (line["event"], line["logger"], line["code"], line["request_id"]) == (
+        "rpc",
+        "ledger.rpc",
+        "NOT_FOUND",
+        "req-3",
+    )
