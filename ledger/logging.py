@@ -8,6 +8,8 @@ redaction of secrets.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import logging.handlers
 import queue
@@ -55,14 +57,19 @@ SENSITIVE_SUFFIXES = ("_token", "_password", "_secret")
 _MAX_DEPTH = 8
 
 
+@functools.lru_cache(maxsize=4096)
 def is_sensitive(key: str) -> bool:
     """Tells whether a value logged under ``key`` must be redacted."""
     normalised = key.lower().replace("-", "_")
     return normalised in SENSITIVE_KEYS or normalised.endswith(SENSITIVE_SUFFIXES)
 
 
+# Values that hold nothing to look into: most of what a line carries.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _redact(value: Any, depth: int = 0) -> Any:
-    if depth >= _MAX_DEPTH:
+    if type(value) in _PLAIN or depth >= _MAX_DEPTH:
         return value
     if isinstance(value, Mapping):
         return {
@@ -153,21 +160,56 @@ class _Line:
         return record
 
 
-_Queued = logging.LogRecord | _Line | None
+class _Flushed(threading.Event):
+    """Put in the queue by ``flush``: set once the writer reaches it."""
 
 
-class _Writer(logging.handlers.QueueListener):
+_Queued = logging.LogRecord | _Line | _Flushed | None
+
+# After writing what it found queued, the writer waits this long before looking again,
+# so that under load it wakes once per many lines rather than once per line (each wake
+# takes the interpreter lock from the threads serving RPCs).
+WRITER_PAUSE_S = 0.02
+
+
+class _Writer:
+    """Formats and writes the queued lines on a thread of its own, in batches; ``None``
+    in the queue ends it."""
+
     def __init__(self, lines: queue.Queue[_Queued], handler: logging.Handler):
-        super().__init__(lines, handler)
         self.lines = lines
+        self._handler = handler
+        self._thread = threading.Thread(target=self._run, name="ledger-log-writer", daemon=True)
+        self._thread.start()
 
-    def prepare(self, record: Any) -> logging.LogRecord:
-        return record.record() if isinstance(record, _Line) else super().prepare(record)
+    def _run(self) -> None:
+        while True:
+            batch = [self.lines.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < BACKGROUND_QUEUE_LINES:
+                    batch.append(self.lines.get_nowait())
+            for item in batch:
+                if item is None:
+                    return
+                if isinstance(item, _Flushed):
+                    item.set()
+                else:
+                    self._handler.handle(item.record() if isinstance(item, _Line) else item)
+            time.sleep(WRITER_PAUSE_S)
 
-    def enqueue_sentinel(self) -> None:
-        # The queue may be full: wait for the writer to take a line (it always does).
-        # None is the listener's end-of-queue mark.
+    def flush(self) -> None:
+        """Returns once every line queued before the call is written."""
+        flushed = _Flushed()
+        self.lines.put(flushed)
+        while not flushed.wait(0.1):
+            if not self._thread.is_alive():
+                return
+
+    def stop(self) -> None:
+        """Writes what is queued, then ends the writer."""
+        # The queue may be full: this waits for the writer to take a line (it always does).
         self.lines.put(None)
+        self._thread.join()
 
 
 class _Background(logging.handlers.QueueHandler):
@@ -182,7 +224,6 @@ class _Background(logging.handlers.QueueHandler):
         self.dropped = 0
         self._lock = threading.Lock()
         self.listener = _Writer(lines, handler)
-        self.listener.start()
         self._running = True
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
@@ -213,8 +254,7 @@ class _Background(logging.handlers.QueueHandler):
         """Writes what is queued; the writer then goes on."""
         with self._lock:
             if self._running:
-                self.listener.stop()
-                self.listener.start()
+                self.listener.flush()
 
     def close(self) -> None:
         with self._lock:
