@@ -23,7 +23,7 @@ from ledger.application import commands as c
 from ledger.application.app import Actor, MarketLedger, Outcome
 from ledger.application.queries import Page, Queries
 from ledger.audit.checkpoints import CheckpointStore
-from ledger.audit.replay import MAX_REPLAY_STREAMS, EventReplay
+from ledger.audit.replay import MAX_REPLAY_STREAMS, EncodingPool, EventReplay
 from ledger.audit.stored import audit_reader
 from ledger.domain.base import LedgerAggregate
 from ledger.domain.errors import InvalidArgument, NotFound
@@ -415,12 +415,15 @@ class AuditService(_Servicer, audit_pb2_grpc.AuditServiceServicer):
         queries: Queries,
         server: ServerIdentity,
         ledger_id: Callable[[], str],
+        replay_pool: EncodingPool | None = None,
     ) -> None:
         super().__init__(app, queries)
         self._server = server
         self._ledger_id = ledger_id
         db = queries.projections.db
-        self._replay = EventReplay(audit_reader(app.recorder, db), app.head_position)
+        self._replay = EventReplay(
+            audit_reader(app.recorder, db), app.head_position, pool=replay_pool
+        )
         self._replay_slots = threading.BoundedSemaphore(MAX_REPLAY_STREAMS)
         self._checkpoints = CheckpointStore(db)
 

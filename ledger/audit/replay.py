@@ -1,13 +1,16 @@
 """Replay of the event log for auditors: events in log order with their kept chain
 hashes, filtered, batched into messages, and read only as fast as they are taken.
 
-``EventReplay.messages`` reads the log a batch at a time and encodes it, each in a
-thread of its own and one batch ahead of the next step: while a batch is on its way to
-the client the next one is encoded, and while that is encoded the one after is read. So
-a stalled client holds at most two batches of encoded events and one of stored rows in
-the server. Events are sent once the ``chain`` projection has hashed them; a stream
-that is not following ends at the head of the log as it was when the stream started (or
-at ``to_position``).
+``EventReplay.messages`` reads the log a span of positions at a time (``READ_BATCH``)
+and encodes it. Encoding holds the interpreter lock, so one process bounds the stream:
+given a pool of worker processes (``ReplayWorkers``, which a server keeps), each span is
+read and encoded by a worker, a few spans ahead of the client (``window``), and the
+messages go out in log order. Without one, reading and encoding each run in a thread of
+its own, one batch ahead of the next step: while a batch is on its way to the client the
+next one is encoded, and while that is encoded the one after is read. Either way a
+stalled client holds a bounded number of batches in the server. Events are sent once the
+``chain`` projection has hashed them; a stream that is not following ends at the head of
+the log as it was when the stream started (or at ``to_position``).
 
 An unfiltered replay encodes the stored rows for the wire directly (``encode_rows``); a
 filtered one decodes them into canonical events, which the filters look at, and encodes
@@ -20,10 +23,13 @@ import contextvars
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, TypeVar, cast
+from typing import Final, Protocol, TypeVar, cast
 
 from ledger.application.events import EVENT_TYPES, CanonicalEvent
 from ledger.audit.canonical import format_time
@@ -153,6 +159,27 @@ class ReplayQuery:
         return matches
 
 
+@dataclass(frozen=True)
+class Span:
+    """Positions ``after`` (excluded) to ``stop`` (included) of the log, all hashed by
+    the chain generation whose tables are ``chain``."""
+
+    after: int
+    stop: int
+    chain: Tables
+
+
+class EncodingPool(Protocol):
+    """Reads and encodes spans of the log elsewhere (``ReplayWorkers``)."""
+
+    window: int
+    """How many spans a stream has read and encoded ahead at most."""
+
+    def submit(self, query: ReplayQuery, span: Span) -> Future[list[bytes]]:
+        """The messages of ``encode_span(read_span(reader, span), query)``."""
+        ...
+
+
 class EventReplay:
     """Streams the log with its kept chain hashes."""
 
@@ -163,12 +190,14 @@ class EventReplay:
         read_batch: int = READ_BATCH,
         chain_wait_s: float = CHAIN_WAIT_S,
         follow_poll_s: float = FOLLOW_POLL_S,
+        pool: EncodingPool | None = None,
     ) -> None:
         self._reader = reader
         self._head = head
         self._read_batch = read_batch
         self._chain_wait_s = chain_wait_s
         self._follow_poll_s = follow_poll_s
+        self._pool = pool
 
     def batches(
         self, query: ReplayQuery, is_active: Callable[[], bool] = lambda: True
@@ -177,15 +206,8 @@ class EventReplay:
         at a time."""
         matches = query.predicate()
         for rows in self._rows(query, is_active):
-            hashes = {row[0]: row[5] for row in rows}
-            events = decode_rows([row[:5] for row in rows])
-            rows.clear()
-            batch = [
-                (event, hashes[event["position"]] or "")
-                for event in events
-                if matches is None or matches(event)
-            ]
-            del events, hashes  # while suspended, hold only what is yielded
+            batch = matching(rows, matches)
+            rows.clear()  # while suspended, hold only what is yielded
             yield batch
             del batch
 
@@ -193,40 +215,78 @@ class EventReplay:
         self, query: ReplayQuery, is_active: Callable[[], bool] = lambda: True
     ) -> Iterator[bytes]:
         """Yields encoded ``ReplayEventsResponse`` messages of at most
-        ``max_events_per_message`` events (and about 1 MiB) each, never empty; the log is
-        read one batch ahead of its encoding, and encoded one batch ahead of the client,
-        each in a thread of its own."""
-        for messages in _ahead(lambda alive: self._message_batches(query, alive), is_active):
+        ``max_events_per_message`` events (and about 1 MiB) each, never empty, read and
+        encoded a few batches ahead of the client: by the pool's processes if there is
+        one, else in this one, the log read one batch ahead of its encoding and encoded
+        one batch ahead of the client, each in a thread of its own."""
+        if self._pool is not None:
+            yield from self._pooled(self._pool, query, is_active)
+            return
+        for messages in _ahead(lambda alive: self._encoded(query, alive), is_active):
             yield from messages
             del messages
 
-    def _message_batches(
-        self, query: ReplayQuery, is_active: Callable[[], bool]
-    ) -> Iterator[list[bytes]]:
+    def _encoded(self, query: ReplayQuery, is_active: Callable[[], bool]) -> Iterator[list[bytes]]:
         """Yields the messages of each read batch (lists that may be empty)."""
-        limit = query.max_events_per_message
-        if query.predicate() is None:
-            for rows in _ahead(lambda alive: self._rows(query, alive), is_active):
-                framed = encode_rows(rows)
-                rows.clear()
-                messages = _pack(framed, limit)
-                del framed
-                yield messages
-                del messages
-        else:
-            for batch in self.batches(query, is_active):
-                framed = [encode_event(event, chain_hash) for event, chain_hash in batch]
-                # Emptied in place, so that the suspended reader no longer holds the
-                # decoded events either.
-                batch.clear()
-                messages = _pack(framed, limit)
-                del framed
-                yield messages
-                del messages
+        for rows in _ahead(lambda alive: self._rows(query, alive), is_active):
+            messages = encode_span(rows, query)
+            # Emptied in place, so that the suspended reader no longer holds them either.
+            rows.clear()
+            yield messages
+            del messages
+
+    def _pooled(
+        self, pool: EncodingPool, query: ReplayQuery, is_active: Callable[[], bool]
+    ) -> Iterator[bytes]:
+        """``messages`` from the pool: up to ``pool.window`` spans submitted ahead of the
+        one whose messages go out, their messages taken in order."""
+        pending: deque[Future[list[bytes]]] = deque()
+        spans = self._spans(query, is_active)
+        ended = waiting = False
+        try:
+            while True:
+                # A following stream at the head waits for the chain only once what it
+                # has submitted is out.
+                while not (ended or waiting) and len(pending) < pool.window:
+                    span = next(spans, _END)
+                    if span is _END:
+                        ended = True
+                    elif span is None:
+                        waiting = True
+                    else:
+                        pending.append(pool.submit(query, cast(Span, span)))
+                if pending:
+                    messages = _result(pending[0], is_active)
+                    if messages is None:
+                        return  # the client left
+                    pending.popleft()
+                    yield from messages
+                    del messages
+                elif ended:
+                    return
+                waiting = False
+        finally:
+            for future in pending:
+                future.cancel()
+            spans.close()
 
     def _rows(self, query: ReplayQuery, is_active: Callable[[], bool]) -> Iterator[list[LinkedRow]]:
-        """Yields the stored rows up to the end of the query, each with its kept chain
-        hash, a read batch at a time (never empty); markers may be among them."""
+        """Yields the stored rows of each span of the query that holds any, each row with
+        its kept chain hash; markers may be among them."""
+        for span in self._spans(query, is_active):
+            if span is None:
+                continue
+            rows = read_span(self._reader, span)
+            if rows:
+                yield rows
+                del rows  # while suspended, hold only what is yielded
+
+    def _spans(
+        self, query: ReplayQuery, is_active: Callable[[], bool]
+    ) -> Generator[Span | None, None, None]:
+        """Yields the spans of the log up to the end of the query, in order, of at most
+        ``read_batch`` positions each and hashed by the chain projection; None each time
+        before it waits for the chain to hash more (then it sleeps when resumed)."""
         after = max(query.from_position - 1, 0)
         end = query.to_position
         if not query.follow:
@@ -252,30 +312,87 @@ class EventReplay:
                         f"the chain projection has not hashed position {after + 1} after "
                         f"{self._chain_wait_s:.0f} s; see `ledger projections status`"
                     )
+                yield None
                 time.sleep(self._follow_poll_s)
                 continue
             waited_since = None
             assert chain is not None  # for mypy: covered > 0
-            stop = covered if end is None else min(covered, end)
-            try:
-                rows, last = self._reader.read_linked(after, self._read_batch, stop, chain[0])
-            except Exception:
-                # The generation read may have been retired and dropped meanwhile (a
-                # rebuild); its successor holds the same hashes.
-                chain, looked_at = self._kept_chain(), time.monotonic()
-                if chain is None:
-                    raise
-                rows, last = self._reader.read_linked(after, self._read_batch, stop, chain[0])
-            if rows:
-                yield rows
-                del rows  # while suspended, hold only what is yielded
-            # No progress means nothing else is stored up to ``stop`` (gaps at the end).
-            after = last if last > after else stop
+            stop = min(covered, after + self._read_batch)
+            if end is not None:
+                stop = min(stop, end)
+            yield Span(after, stop, chain[0])
+            after = stop
 
     def _kept_chain(self) -> tuple[Tables, int] | None:
         """The live generation of the chain projection and the position it has hashed."""
         with self._reader.snapshot() as tx:
             return kept_chain(tx)
+
+
+def read_span(reader: AuditReader, span: Span) -> list[LinkedRow]:
+    """The stored rows of a span (markers may be among them), each with the chain hash
+    kept for it."""
+    try:
+        return _read_span(reader, span.after, span.stop, span.chain)
+    except Exception:
+        # The generation read may have been retired and dropped meanwhile (a rebuild);
+        # its successor holds the same hashes.
+        with reader.snapshot() as tx:
+            chain = kept_chain(tx)
+        if chain is None:
+            raise
+        return _read_span(reader, span.after, span.stop, chain[0])
+
+
+def _read_span(reader: AuditReader, after: int, stop: int, chain: Tables) -> list[LinkedRow]:
+    rows: list[LinkedRow] = []
+    while after < stop:
+        # At most one row a position: one read takes the span whole.
+        read, last = reader.read_linked(after, stop - after, stop, chain)
+        rows += read
+        if last <= after:
+            break
+        after = last
+    return rows
+
+
+def matching(
+    rows: Sequence[LinkedRow], matches: Callable[[CanonicalEvent], bool] | None
+) -> list[tuple[CanonicalEvent, str]]:
+    """The canonical events of stored rows that ``matches`` keeps (all if it is None),
+    each with its chain hash ("" where the chain kept none)."""
+    hashes = {row[0]: row[5] for row in rows}
+    events = decode_rows([row[:5] for row in rows])
+    return [
+        (event, hashes[event["position"]] or "")
+        for event in events
+        if matches is None or matches(event)
+    ]
+
+
+def encode_span(rows: Sequence[LinkedRow], query: ReplayQuery) -> list[bytes]:
+    """The messages of the events of ``rows`` that the query keeps (none, if it keeps
+    none). Unfiltered, the stored rows are encoded for the wire directly; filtered, they
+    are decoded into canonical events, which the filters look at, and those are encoded:
+    the same bytes either way."""
+    matches = query.predicate()
+    if matches is None:
+        framed = encode_rows(rows)
+    else:
+        framed = [encode_event(event, chain_hash) for event, chain_hash in matching(rows, matches)]
+    return _pack(framed, query.max_events_per_message)
+
+
+def _result(future: Future[list[bytes]], is_active: Callable[[], bool]) -> list[bytes] | None:
+    """What ``future`` holds once done; None if ``is_active()`` turns False first."""
+    while is_active():
+        try:
+            return future.result(HANDOVER_POLL_S)
+        except FutureTimeout:
+            continue
+        except CancelledError:
+            raise Unavailable("the server is stopping; retry") from None
+    return None
 
 
 def _pack(framed: Sequence[bytes], limit: int) -> list[bytes]:

@@ -19,6 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 from uuid import UUID
@@ -47,6 +48,10 @@ class UndecodableEvent(ValueError):
         super().__init__(f"position {position}: {reason}")
         self.position = position
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type[UndecodableEvent], tuple[int, str]]:
+        # Raised in replay's worker processes too, and rebuilt from its fields there.
+        return type(self), (self.position, self.reason)
 
 
 class LogReader(Protocol):
@@ -232,6 +237,13 @@ class SqliteRows:
             self._local.connection = connection
         return connection
 
+    def close(self) -> None:
+        """Closes the calling thread's connection."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is not None:
+            self._local.connection = None
+            connection.close()
+
     def _fetch(self, query: str, after: int, limit: int, stop: int | None) -> list[Any]:
         upper = MAX_POSITION if stop is None else stop
         try:
@@ -363,10 +375,21 @@ def postgres_errors() -> Iterator[None]:
 MAX_POSITION: Final = 2**63 - 1
 
 
-def audit_reader(recorder: Any, db: Database) -> AuditReader:
-    """Returns the fastest reader of the store behind ``recorder`` (``db`` is the
-    projection database on the same store): its table read directly on SQLite files and
-    PostgreSQL, ``EventLog`` otherwise (the in-memory store of tests)."""
+@dataclass(frozen=True)
+class StoreAddress:
+    """Where another process opens the table that ``audit_reader`` reads directly: a
+    SQLite file's path, or a PostgreSQL conninfo and schema."""
+
+    dialect: str
+    location: str
+    table: str
+    schema: str = ""
+
+
+def store_address(recorder: Any, db: Database) -> StoreAddress | None:
+    """The address of the store behind ``recorder`` (``db`` is the projection database
+    on the same store) when ``audit_reader`` reads its table directly; None otherwise
+    (the in-memory store of tests)."""
     from eventsourcing.postgres import PostgresApplicationRecorder
     from eventsourcing.sqlite import SQLiteApplicationRecorder
 
@@ -374,9 +397,32 @@ def audit_reader(recorder: Any, db: Database) -> AuditReader:
     if isinstance(recorder, SQLiteApplicationRecorder) and db.dialect == "sqlite":
         path = str(getattr(db, "path", ""))
         if path and path != ":memory:" and not path.startswith("file:"):
-            rows = SqliteRows(path, table)
-            return AuditReader(StoredEventReader(rows), rows.snapshot)
+            return StoreAddress("sqlite", path, table)
     if isinstance(recorder, PostgresApplicationRecorder) and isinstance(db, PostgresDatabase):
-        pg_rows = PostgresRows(db, table)
+        return StoreAddress("postgresql", db.conninfo, table, db.schema)
+    return None
+
+
+def audit_reader(recorder: Any, db: Database) -> AuditReader:
+    """Returns the fastest reader of the store behind ``recorder`` (``db`` is the
+    projection database on the same store): its table read directly on SQLite files and
+    PostgreSQL (on ``db``'s pool), ``EventLog`` otherwise (the in-memory store of tests)."""
+    address = store_address(recorder, db)
+    if address is None:
+        return AuditReader(EventLog(recorder), db.transaction)
+    if isinstance(db, PostgresDatabase):
+        pg_rows = PostgresRows(db, address.table)
         return AuditReader(StoredEventReader(pg_rows), pg_rows.snapshot)
-    return AuditReader(EventLog(recorder), db.transaction)
+    rows = SqliteRows(address.location, address.table)
+    return AuditReader(StoredEventReader(rows), rows.snapshot)
+
+
+def open_reader(address: StoreAddress) -> tuple[AuditReader, Callable[[], None]]:
+    """A direct reader of the store at ``address`` on connections of its own (one, on
+    PostgreSQL), for another process; and what closes them."""
+    if address.dialect == "postgresql":
+        db = PostgresDatabase(address.location, address.schema, pool_size=1)
+        pg_rows = PostgresRows(db, address.table)
+        return AuditReader(StoredEventReader(pg_rows), pg_rows.snapshot), db.close
+    rows = SqliteRows(address.location, address.table)
+    return AuditReader(StoredEventReader(rows), rows.snapshot), rows.close

@@ -19,14 +19,18 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import grpc
 import orjson
 
 from ledger.application.events import EVENT_TOPICS, SKIPPED_TOPICS, split_state
 from ledger.audit.stored import LinkedRow, decode_rows
-from ledger.v1 import audit_pb2_grpc
+
+if TYPE_CHECKING:
+    # Imported where they are used: replay's worker processes encode, and never serve.
+    import grpc
+
+    from ledger.v1 import audit_pb2_grpc
 
 _pack_double: Final = struct.Struct("<d").pack
 
@@ -384,6 +388,8 @@ class _ReplayPassThrough:
     def add_registered_method_handlers(
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
+        import grpc
+
         replaced = dict(handlers)
         replay = replaced["ReplayEvents"]
         replaced["ReplayEvents"] = grpc.unary_stream_rpc_method_handler(
@@ -400,4 +406,6 @@ class _ReplayPassThrough:
 def add_audit_service(servicer: audit_pb2_grpc.AuditServiceServicer, server: grpc.Server) -> None:
     """Registers the AuditService as the generated code does, except that
     ``ReplayEvents`` sends the bytes its servicer yields (``encode_message``) as they are."""
+    from ledger.v1 import audit_pb2_grpc
+
     audit_pb2_grpc.add_AuditServiceServicer_to_server(servicer, _ReplayPassThrough(server))
