@@ -27,6 +27,7 @@ from ledger.application.app import MarketLedger
 from ledger.application.identity import ensure_ledger_id
 from ledger.application.queries import Queries
 from ledger.audit.checkpoints import Checkpointer
+from ledger.audit.replay import EncodingPool
 from ledger.audit.wire import add_audit_service
 from ledger.domain.errors import Unavailable
 from ledger.metrics import Metrics
@@ -159,6 +160,7 @@ class LedgerServer:
         max_workers: int = DEFAULT_WORKERS,
         run_projections: bool = True,
         checkpointer: Checkpointer | None = None,
+        replay_pool: EncodingPool | None = None,
     ) -> None:
         self.app = app
         self._checkpointer = checkpointer
@@ -198,7 +200,9 @@ class LedgerServer:
         access_pb2_grpc.add_AccessServiceServicer_to_server(
             AccessService(app, queries), self._server
         )
-        add_audit_service(AuditService(app, queries, identity, ledger_id), self._server)
+        add_audit_service(
+            AuditService(app, queries, identity, ledger_id, replay_pool), self._server
+        )
         projection_pb2_grpc.add_ProjectionServiceServicer_to_server(
             ProjectionService(queries), self._server
         )
