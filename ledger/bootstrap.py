@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.persistence import InterfaceError, OperationalError
@@ -23,6 +23,9 @@ from ledger.projections.db import Database, PostgresDatabase, SqliteDatabase
 from ledger.projections.engine import ProjectionManager
 from ledger.projections.leases import AlwaysHeld, Leases, PostgresLeases
 from ledger.settings import Settings
+
+if TYPE_CHECKING:
+    from ledger.audit.replay_workers import ReplayWorkers
 
 
 def store_env(settings: Settings) -> dict[str, str]:
@@ -212,3 +215,24 @@ def build_projections(settings: Settings, app: MarketLedger) -> ProjectionManage
     manager.setup()
     app.write_listeners.append(lambda _position: manager.wake())
     return manager
+
+
+def build_replay_workers(
+    settings: Settings, app: MarketLedger, db: Database
+) -> ReplayWorkers | None:
+    """The pool of processes that read and encode a server's ``ReplayEvents`` streams
+    (``settings.replay_workers`` of them, not started yet); None where the server encodes
+    them itself: with 0, or on a store that no other process can open (in memory)."""
+    from ledger.audit.replay_workers import MAX_PROCESSES, ReplayWorkers
+    from ledger.audit.stored import store_address
+
+    count = settings.replay_workers
+    if not 0 <= count <= MAX_PROCESSES:
+        raise ValueError(
+            f"LEDGER_REPLAY_WORKERS: expected 0 (none: the server encodes replays itself) "
+            f"to {MAX_PROCESSES}, not {count}"
+        )
+    address = store_address(app.recorder, db)
+    if count == 0 or address is None:
+        return None
+    return ReplayWorkers(address, count)

@@ -28,7 +28,12 @@ from ledger.api.servicers import ServerIdentity
 from ledger.audit import commands as audit_commands
 from ledger.audit.checkpoints import build_checkpointer
 from ledger.bench import runner as bench_runner
-from ledger.bootstrap import backend_name, build_application, build_projections
+from ledger.bootstrap import (
+    backend_name,
+    build_application,
+    build_projections,
+    build_replay_workers,
+)
 from ledger.domain.errors import LedgerError
 from ledger.logging import configure_logging
 from ledger.metrics import Metrics
@@ -97,9 +102,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
             ("metrics_address", "metrics_address"),
         )
     }
-    return dataclasses.replace(
-        Settings.from_env(), **{k: v for k, v in flags.items() if v is not None}
-    )
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return dataclasses.replace(settings, **{k: v for k, v in flags.items() if v is not None})
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -185,6 +192,7 @@ def _run_server(
     except LedgerError as exc:
         raise UsageError(f"cannot set up the projections: {exc}") from None
     try:
+        replay_workers = build_replay_workers(settings, app, projections.db)
         server = LedgerServer(
             app,
             principals,
@@ -194,6 +202,7 @@ def _run_server(
             projections,
             run_projections=settings.run_projections,
             checkpointer=build_checkpointer(settings, app, projections.db),
+            replay_pool=replay_workers,
         )
     except (AddressInUse, ValueError) as exc:
         raise UsageError(str(exc)) from None
@@ -211,6 +220,8 @@ def _run_server(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    if replay_workers is not None:
+        replay_workers.start()
     server.start()
     print(f"ledger serve: listening on {server.address}", flush=True)
     if dev_tokens is not None:
@@ -219,6 +230,8 @@ def _run_server(
     while not stop.wait(1.0):
         pass
     server.stop(SHUTDOWN_GRACE_S)
+    if replay_workers is not None:
+        replay_workers.close()
     if metrics_server is not None:
         metrics_server.stop()
     app.close()

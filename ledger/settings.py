@@ -31,6 +31,8 @@ class Settings:
     checkpoint_every_seconds: float = 60.0
     # False when `ledger projections run` workers follow the log in processes of their own.
     run_projections: bool = True
+    # Processes that read and encode ReplayEvents streams for `ledger serve` (0: its own).
+    replay_workers: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -44,10 +46,14 @@ class Settings:
             default = f.default
             if isinstance(default, bool):
                 values[f.name] = raw.lower() in ("1", "true", "yes", "y", "on")
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
+            elif isinstance(default, int | float):
+                try:
+                    values[f.name] = type(default)(raw)
+                except ValueError:
+                    kind = "an integer" if isinstance(default, int) else "a number"
+                    raise ValueError(
+                        f"LEDGER_{f.name.upper()}: expected {kind}, not {raw!r}"
+                    ) from None
             elif f.name.endswith(("_file", "_dir")):
                 values[f.name] = Path(raw)
             else:

@@ -1,0 +1,41 @@
+"""``ledger serve`` refuses settings it cannot use, and says which and why."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ROOT, server_env
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("two", "LEDGER_REPLAY_WORKERS: expected an integer, not 'two'"),
+        ("-1", "LEDGER_REPLAY_WORKERS: expected 0 (none: the server encodes replays itself)"),
+        ("33", "to 32, not 33"),
+    ],
+)
+def test_serve_refuses_a_replay_workers_count_it_cannot_use(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    env = {
+        **server_env(tmp_path),
+        "LEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "LEDGER_REPLAY_WORKERS": value,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ledger", "serve", "--dev", "--address", "127.0.0.1:0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
