@@ -114,9 +114,9 @@ def time_text(at: datetime) -> str:
     """Formats an aware datetime as a canonical event time (``...T08:00:00.000000Z``)."""
     if at.tzinfo is None:
         raise ValueError("a naive datetime is ambiguous; pass one with a timezone")
-    utc = at.astimezone(UTC)
-    # %Y does not pad years before 1000 (year 1 is "1-01-01..."), which would not parse back.
-    return f"{utc.year:04d}{utc.strftime(TIME_FORMAT.removeprefix('%Y'))}"
+    # isoformat pads the year to four digits (strftime's %Y does not before 1000, which
+    # would not parse back), and is the cheaper of the two.
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time_text(text: str) -> datetime:

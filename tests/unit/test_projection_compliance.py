@@ -4,7 +4,7 @@ the same when rebuilt, and the enforced-rule rejection counts."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -24,10 +24,12 @@ from ledger.domain.rules import RULE_SET_VERSION
 from ledger.domain.trade import Trade
 from ledger.domain.values import Classification, GrantState, TradeState
 from ledger.projections.compliance import (
+    TIME_FORMAT,
     Compliance,
     Finding,
     Report,
     ensure_rejections_table,
+    parse_time_text,
     projection_version,
     record_rejection,
     rejections,
@@ -602,3 +604,15 @@ def test_any_market_reads_the_same_incrementally_rebuilt_and_as_of_the_past(
     position = data.draw(st.integers(0, market.head), label="as_of_position")
     past = Harness(market, up_to_position=position)
     assert h.report(as_of_position=position).findings == past.report().findings
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones()
+    )
+)
+def test_time_text_is_the_canonical_utc_text_and_parses_back(at: datetime) -> None:
+    text = time_text(at)
+    utc = at.astimezone(UTC)
+    assert text == f"{utc.year:04d}{utc.strftime(TIME_FORMAT.removeprefix('%Y'))}"
+    assert parse_time_text(text) == utc
