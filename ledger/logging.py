@@ -16,7 +16,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -134,7 +134,25 @@ def add_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
 
 
 class _LedgerHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The root handler ``configure_logging`` installs; a marker so it can replace it."""
+    """The root handler ``configure_logging`` installs (a marker so it can replace it)."""
+
+    def handle_all(self, records: Sequence[logging.LogRecord]) -> None:
+        """Writes the records this handler's filters pass, in one write of the stream."""
+        lines: list[str] = []
+        for record in records:
+            if self.filter(record):
+                try:
+                    lines.append(self.format(record) + self.terminator)
+                except Exception:
+                    self.handleError(record)
+        if not lines:
+            return
+        with self.lock or contextlib.nullcontext():
+            try:
+                self.stream.write("".join(lines))
+                self.flush()
+            except Exception:
+                self.handleError(records[-1])
 
 
 # Lines waiting for the background writer; past this many, new lines are dropped (and
@@ -188,14 +206,25 @@ class _Writer:
             with contextlib.suppress(queue.Empty):
                 while len(batch) < BACKGROUND_QUEUE_LINES:
                     batch.append(self.lines.get_nowait())
+            records: list[logging.LogRecord] = []
             for item in batch:
-                if item is None:
-                    return
-                if isinstance(item, _Flushed):
+                if item is None or isinstance(item, _Flushed):
+                    self._write(records)
+                    records = []
+                    if item is None:
+                        return
                     item.set()
                 else:
-                    self._handler.handle(item.record() if isinstance(item, _Line) else item)
+                    records.append(item.record() if isinstance(item, _Line) else item)
+            self._write(records)
             time.sleep(WRITER_PAUSE_S)
+
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        if isinstance(self._handler, _LedgerHandler):
+            self._handler.handle_all(records)
+        else:
+            for record in records:
+                self._handler.handle(record)
 
     def flush(self) -> None:
         """Returns once every line queued before the call is written."""

@@ -319,3 +319,17 @@ def test_log_line_without_a_background_writer_logs_through_structlog() -> None:
         "NOT_FOUND",
         "req-3",
     )
+
+
+def test_in_the_background_a_line_that_cannot_be_formatted_loses_no_other_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # the bad line is reported quietly
+    out = BlockedOutput()
+    configure_logging("json", stream=out, background=True)
+    structlog.get_logger().info("before")
+    logging.getLogger("some.library").warning("%d items", "not a number")
+    structlog.get_logger().info("after")
+    out.released.set()
+    flush_logging()
+    assert [line["event"] for line in json_lines(out)] == ["before", "after"]
