@@ -1,5 +1,6 @@
 """The ``memory`` scenario: peak RSS of a rebuild, of a server serving replay and
-checks, and of a replay client, at N events and again once the store holds more."""
+checks (its replay workers' peaks added to its own), and of a replay client, at N events
+and again once the store holds more."""
 
 from __future__ import annotations
 
@@ -74,11 +75,13 @@ def measure(settings: Settings, market: Market, options: Options) -> dict[str, A
         checks, _allowed = check_load(
             server, requests, CHECK_CLIENTS, 100 * options.events, options.window_s
         )
-        server_mb = server.peak_rss_mb()
+        server_peaks = server.peak_rss_by_process_mb()
     return {
         "events": head,
         "rebuild_mb": max(rebuilds.values()),
-        "server_mb": round(server_mb, 1),
+        # The server's process and its replay workers', summed.
+        "server_mb": round(sum(server_peaks), 1),
+        "server_by_process_mb": [round(peak, 1) for peak in server_peaks],
         "replay_client_mb": round(replayed.peak_rss_mb, 1),
         "rebuild_by_projection_mb": rebuilds,
         "checks_served": checks.calls,

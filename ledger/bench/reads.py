@@ -217,7 +217,7 @@ def replay(options: Options) -> Result:
         with serving(settings) as server:
             caught_up_s = server.wait_for_projections(options.catch_up_timeout_s, options.progress)
             finished = replay_in_child(server)
-            server_rss = server.peak_rss_mb()
+            server_peaks = server.peak_rss_by_process_mb()
     received = json.loads(finished.stdout)
     rate = received["events"] / received["seconds"]
     baseline = scanned / scan_s
@@ -236,7 +236,9 @@ def replay(options: Options) -> Result:
             "scanned_events": scanned,
             "messages": received["messages"],
             "client_peak_rss_mb": round(finished.peak_rss_mb, 1),
-            "server_peak_rss_mb": round(server_rss, 1),
+            # The server's process and its replay workers', summed; then each apart.
+            "server_peak_rss_mb": round(sum(server_peaks), 1),
+            "server_peak_rss_by_process_mb": [round(peak, 1) for peak in server_peaks],
             "catch_up_s": round(caught_up_s, 1),
         },
     )

@@ -54,6 +54,28 @@ def peak_rss_mb(pid: int) -> float:
     raise ServerFailed(f"process {pid} reports no VmHWM")
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes that ``pid`` started, and that those started, running now."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses; the fields follow the last ")".
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        started = children.get(pending.pop(), [])
+        found += started
+        pending += started
+    return found
+
+
 def child_env(var_dir: Path) -> dict[str, str]:
     """Our environment minus the ``LEDGER_*`` settings, which would leak into a child."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
@@ -75,7 +97,19 @@ class BenchServer:
         return (("authorization", f"Bearer {self.tokens[role]}"),)
 
     def peak_rss_mb(self) -> float:
-        return peak_rss_mb(self.process.pid)
+        """The server's peak RSS with its worker processes': the sum of each running
+        process's own peak (an upper bound of what they held at any one time)."""
+        return sum(self.peak_rss_by_process_mb())
+
+    def peak_rss_by_process_mb(self) -> list[float]:
+        """The peak RSS of the server, then of each process it started that runs now
+        (its replay workers), in MiB."""
+        peaks = [peak_rss_mb(self.process.pid)]
+        for pid in descendants(self.process.pid):
+            # One that ended meanwhile holds nothing any longer.
+            with contextlib.suppress(OSError, ServerFailed):
+                peaks.append(peak_rss_mb(pid))
+        return peaks
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -60,3 +60,28 @@ def test_the_sqlite_scenarios_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert [r["scenario"] for r in printed] == ["rebuild", "verify", "append"]
     assert {r["backend"] for r in printed} == {"sqlite"}
     assert status == 0
+
+
+def test_a_servers_descendants_are_the_processes_it_started_and_theirs() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from ledger.bench.server import descendants
+
+    grandchild = "import time; time.sleep(60)"
+    child = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
+        "print(p.pid, flush=True); time.sleep(60)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    started = int(process.stdout.readline())
+    try:
+        assert {process.pid, started} <= set(descendants(os.getpid()))
+        assert descendants(process.pid) == [started]
+    finally:
+        os.kill(started, 9)
+        process.kill()
+        process.wait()
