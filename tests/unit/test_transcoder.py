@@ -113,3 +113,29 @@ def test_no_event_field_holds_a_value_the_two_would_write_differently() -> None:
                 continue
             leaves = _leaves(hint) - {typing.Union, type(int | None)}
             assert leaves <= ALLOWED, f"{event.__qualname__}.{name}: {hint}"
+
+
+def test_a_time_stamp_written_again_is_written_as_the_first_time() -> None:
+    # UTC time stamps are formatted once and remembered; the same instant in another
+    # zone, or with other microseconds, is another text.
+    moment = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    shifted = moment.astimezone(timezone(timedelta(hours=8)))
+    states: list[dict[str, Any]] = [
+        {"at": moment, "until": moment},
+        {"at": shifted},
+        {"at": moment.replace(microsecond=1)},
+        {"at": moment},
+    ]
+    for state in states:
+        assert FAST.encode(state) == LIBRARY.encode(state)
+    assert FAST.encode(states[0]) != FAST.encode({"at": shifted, "until": shifted})
+
+
+def test_remembered_time_stamps_are_bounded() -> None:
+    fast = FastJSONTranscoder()
+    Application.register_transcodings(Application.__new__(Application), fast)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for second in range(10_000):
+        moment = start + timedelta(seconds=second)
+        assert fast.encode({"at": moment}) == LIBRARY.encode({"at": moment})
+    assert len(fast._utc_tags) <= 4096
