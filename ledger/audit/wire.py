@@ -16,6 +16,7 @@ fast path of ``canonical_rows`` is encoded from ``decode_rows``' canonical event
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -211,8 +212,7 @@ def _timestamp(text: str) -> bytes:
     """Returns the body of a google.protobuf.Timestamp for a canonical time text."""
     seconds = _seconds.get(text[:19])
     if seconds is None:
-        moment = datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-        seconds = b"\x08" + varint(int(moment.timestamp()))
+        seconds = b"\x08" + varint(_epoch_seconds(text[:19]))
         if len(_seconds) >= _CACHE_LIMIT:
             _seconds.clear()
         _seconds[text[:19]] = seconds
@@ -220,6 +220,33 @@ def _timestamp(text: str) -> bytes:
     if micros == "000000":
         return seconds
     return seconds + b"\x10" + varint(int(micros) * 1000)
+
+
+_SECONDS_FORMAT: Final = "%Y-%m-%dT%H:%M:%S"
+_CLOCK: Final = re.compile(r"T([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])")
+# The epoch seconds of the midnight that starts each "YYYY-MM-DD" that ``strptime`` read.
+_days: dict[str, int] = {}
+
+
+def _epoch_seconds(text: str) -> int:
+    """The seconds since the epoch of "YYYY-MM-DDTHH:MM:SS" in UTC, as ``strptime`` reads
+    it (which raises ``ValueError`` for what is not such a time).
+
+    A log's events have nearly as many distinct seconds as events (one in seven here), so
+    most seconds are seen once: a day read before and a well-formed clock are added up
+    instead of parsed (``strptime`` costs about 6 µs)."""
+    clock = _CLOCK.fullmatch(text, 10)
+    day = _days.get(text[:10])
+    if day is not None and clock is not None:
+        hours, minutes, seconds = clock.groups()
+        return day + int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+    moment = datetime.strptime(text, _SECONDS_FORMAT).replace(tzinfo=UTC)
+    epoch = int(moment.timestamp())
+    if clock is not None:
+        if len(_days) >= _CACHE_LIMIT:
+            _days.clear()
+        _days[text[:10]] = epoch - (moment.hour * 3600 + moment.minute * 60 + moment.second)
+    return epoch
 
 
 def _text(key: bytes, text: str) -> bytes:

@@ -4,6 +4,7 @@ for realistic histories and for every state the fast path leaves to the referenc
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import pytest
@@ -133,3 +134,56 @@ def test_any_payload_encodes_or_fails_as_the_two_steps_do(
     for key in ("actor", "role", "request_id"):
         state.setdefault(key, "x")
     assert_same(linked([row(state), row(envelope(units=3), position=9)], [chain_hash, HASH]))
+
+
+def _strptime_seconds(text: str) -> tuple[str, Any]:
+    try:
+        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return "error", ValueError
+    return "seconds", int(moment.timestamp())
+
+
+def _epoch_seconds(text: str) -> tuple[str, Any]:
+    try:
+        return "seconds", wire._epoch_seconds(text)
+    except ValueError:
+        return "error", ValueError
+
+
+@given(
+    day=st.dates(min_value=date(1, 1, 2), max_value=date(9999, 12, 30)),
+    clocks=st.lists(st.times(), min_size=2, max_size=4),
+)
+def test_times_are_read_as_strptime_reads_them_the_first_time_of_a_day_and_after(
+    day: date, clocks: list[time]
+) -> None:
+    wire._days.clear()
+    for clock in clocks:
+        text = f"{day.isoformat()}T{clock.replace(microsecond=0).isoformat()}"
+        assert _epoch_seconds(text) == _strptime_seconds(text), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-24t08:00:01",
+        "2026-11-24T24:00:00",
+        "2026-11-24T08:60:00",
+        "2026-11-24T08:00:60",
+        "2026-11-24T08:00:0\u0663",
+        "2026-11-24T\u06608:00:01",
+        "2026-11-24T08-00-01",
+        "2026-11-24T08:00:1 ",
+        "2026-02-30T00:00:00",
+        "\uff12026-11-24T08:00:01",
+        "2026-11-24 08:00:01",
+    ],
+)
+def test_an_unusual_time_is_read_as_strptime_reads_it(text: str) -> None:
+    # The day of the text seen before, with an ordinary clock.
+    wire._days.clear()
+    assert (
+        _epoch_seconds(text[:10] + "T12:00:00")[0] == _strptime_seconds(text[:10] + "T12:00:00")[0]
+    )
+    assert _epoch_seconds(text) == _strptime_seconds(text)
