@@ -322,26 +322,29 @@ class PostgresRows:
     def _select(table: str, links: str) -> Any:
         from psycopg.sql import SQL, Identifier
 
+        # The kept hashes joined over the same range of positions: a merge of two index
+        # scans, where a subquery per row costs the database a third more.
         linked = (
-            SQL(", (SELECT l.chain_hash FROM {} l WHERE l.position = e.notification_id)").format(
-                Identifier(links)
-            )
+            SQL(
+                ", l.chain_hash FROM {table} e LEFT JOIN {links} l "
+                "ON l.position = e.notification_id "
+                "AND l.position > %(after)s AND l.position <= %(upper)s"
+            ).format(table=Identifier(table), links=Identifier(links))
             if links
-            else SQL("")
+            else SQL(" FROM {} e").format(Identifier(table))
         )
         return SQL(
             "SELECT e.notification_id, e.originator_id::text, e.originator_version, e.topic, "
-            "e.state{linked} FROM {table} e "
-            "WHERE e.notification_id > %s AND e.notification_id <= %s AND e.topic <> ALL(%s) "
-            "ORDER BY e.notification_id LIMIT %s"
-        ).format(linked=linked, table=Identifier(table))
+            "e.state{linked} "
+            "WHERE e.notification_id > %(after)s AND e.notification_id <= %(upper)s "
+            "AND e.topic <> ALL(%(skipped)s) ORDER BY e.notification_id LIMIT %(limit)s"
+        ).format(linked=linked)
 
     def _fetch(self, query: Any, after: int, limit: int, stop: int | None) -> list[Any]:
         upper = MAX_POSITION if stop is None else stop
+        parameters = {"after": after, "upper": upper, "skipped": list(_SKIPPED), "limit": limit}
         with postgres_errors(), self._db.pool.connection() as connection:
-            cursor = connection.execute(
-                query, (after, upper, list(_SKIPPED), limit), prepare=True, binary=True
-            )
+            cursor = connection.execute(query, parameters, prepare=True, binary=True)
             rows: list[Any] = cursor.fetchall()
         return rows
 
