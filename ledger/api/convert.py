@@ -9,9 +9,10 @@ values, so a malformed value is reported with its field name whichever way it ca
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from uuid import UUID
 
 from google.protobuf import struct_pb2
@@ -100,10 +101,23 @@ def enum_name(enum: _EnumDescriptor, number: int) -> str:
 
 def enum_value(enum: _EnumTypeWrapper[V], member: NamedEnum | None) -> V:
     """Returns the proto value of a domain enum member (None → UNSPECIFIED)."""
-    if member is None:
-        return enum.Value(enum.DESCRIPTOR.values_by_number[0].name)
-    prefix = enum.DESCRIPTOR.values_by_number[0].name.removesuffix("UNSPECIFIED")
-    return enum.Value(prefix + member.name)
+    numbers = _ENUM_NUMBERS.get(enum)
+    if numbers is None:
+        numbers = _ENUM_NUMBERS[enum] = {}
+    number = numbers.get(member)
+    if number is None:
+        descriptor = enum.DESCRIPTOR.values_by_number[0].name
+        if member is None:
+            number = numbers[member] = enum.Value(descriptor)
+        else:
+            number = numbers[member] = enum.Value(
+                descriptor.removesuffix("UNSPECIFIED") + member.name
+            )
+    return cast(V, number)
+
+
+# Each proto enum's numbers by domain member: resources are written for every response.
+_ENUM_NUMBERS: dict[Any, dict[NamedEnum | None, int]] = {}
 
 
 def enum_values(enum: _EnumTypeWrapper[V], members: frozenset[Any]) -> list[V]:
@@ -111,21 +125,52 @@ def enum_values(enum: _EnumTypeWrapper[V], members: frozenset[Any]) -> list[V]:
     return [enum_value(enum, m) for m in sorted(members, key=lambda m: m.name)]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+# The range a Timestamp may hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_SECONDS_MIN, _SECONDS_MAX = -62135596800, 253402300799
+_NANOS_PER_SECOND = 1_000_000_000
+
+
 def to_datetime(timestamp: Timestamp, field: str) -> datetime:
-    """Returns a timestamp as an aware UTC datetime (microsecond precision)."""
+    """Returns a timestamp as an aware UTC datetime (microsecond precision), as
+    ``Timestamp.ToDatetime(tzinfo=UTC)`` does, without its Python-level conversions."""
+    seconds, nanos = timestamp.seconds, timestamp.nanos
+    if not (_SECONDS_MIN <= seconds <= _SECONDS_MAX and 0 <= nanos < _NANOS_PER_SECOND):
+        raise InvalidArgument.of(field, "not a valid timestamp")
     try:
-        return timestamp.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError, OSError):
+        return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+    except OverflowError:
         raise InvalidArgument.of(field, "not a valid timestamp") from None
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
-    """Returns a datetime as a timestamp; None stays unset."""
+    """Returns a datetime as a timestamp (a naive one is taken as UTC); None stays unset."""
     if value is None:
         return None
-    result = Timestamp()
-    result.FromDatetime(value)
-    return result
+    return Timestamp(**_timestamp_fields(value))
+
+
+def _timestamp_fields(value: datetime) -> dict[str, int]:
+    """The fields of a datetime's timestamp, as ``Timestamp.FromDatetime`` sets them.
+
+    Remembered for recent instants: the resources of a batch's responses share their
+    creation, update and term times (equal datetimes are one instant, whatever their zone).
+    """
+    fields = _TIMESTAMPS.get(value)
+    if fields is None:
+        delta = value - (_NAIVE_EPOCH if value.tzinfo is None else _EPOCH)
+        seconds = delta.days * 86_400 + delta.seconds
+        if not _SECONDS_MIN <= seconds <= _SECONDS_MAX:
+            raise ValueError(f"Timestamp is not valid: Seconds {seconds} out of range")
+        if len(_TIMESTAMPS) >= _TIMESTAMPS_KEPT:
+            _TIMESTAMPS.clear()
+        fields = _TIMESTAMPS[value] = {"seconds": seconds, "nanos": value.microsecond * 1000}
+    return fields
+
+
+_TIMESTAMPS: dict[datetime, dict[str, int]] = {}
+_TIMESTAMPS_KEPT = 4096
 
 
 # --- requests → commands --------------------------------------------------------------
@@ -133,55 +178,73 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 def to_command(request: Message, command: type[Cmd]) -> Cmd:
     """Builds ``command`` from the request fields of the same (or a mapped) name."""
-    values = {
-        name: _read(request, _source(request, name), nullable=nullable)
+    plan = _PLANS.get((type(request), command))
+    if plan is None:
+        plan = _PLANS[(type(request), command)] = _plan(request.DESCRIPTOR, command)
+    return command(**{name: read(request) for name, read in plan})
+
+
+# How each field of a command is read from a request of one type: worked out once per
+# pair from the descriptors, because an ingest call converts hundreds of requests.
+Reader = Callable[[Message], Any]
+_PLANS: dict[tuple[type[Message], type[c.Command]], tuple[tuple[str, Reader], ...]] = {}
+
+
+def _plan(descriptor: Any, command: type[c.Command]) -> tuple[tuple[str, Reader], ...]:
+    return tuple(
+        (name, _reader(descriptor, _source(descriptor, name), nullable=nullable))
         for name, nullable in _command_fields(command)
-    }
-    return command(**values)
+    )
 
 
 def _command_fields(command: type[c.Command]) -> tuple[tuple[str, bool], ...]:
     """A command's fields, and whether each takes None from an unset proto3 optional
     (those that default to None)."""
-    found = _COMMAND_FIELDS.get(command)
-    if found is None:
-        found = _COMMAND_FIELDS[command] = tuple(
-            (f.name, f.default is None) for f in dataclasses.fields(command) if f.init
-        )
-    return found
+    return tuple((f.name, f.default is None) for f in dataclasses.fields(command) if f.init)
 
 
-_COMMAND_FIELDS: dict[type[c.Command], tuple[tuple[str, bool], ...]] = {}
-
-
-def _source(request: Message, name: str) -> str:
-    fields = request.DESCRIPTOR.fields_by_name
+def _source(descriptor: Any, name: str) -> str:
+    fields = descriptor.fields_by_name
     for path in _SOURCES.get(name, (name,)):
         if path.split(".")[0] in fields:
             return path
-    msg = f"{type(request).__name__} has no field for {name}"
+    msg = f"{descriptor.name} has no field for {name}"
     raise TypeError(msg)
 
 
-def _read(request: Message, path: str, *, nullable: bool) -> Any:
+def _reader(descriptor: Any, path: str, *, nullable: bool) -> Reader:
+    """Reads the value at ``path``: enums by name, timestamps as datetimes (None when
+    unset), repeated fields as tuples, an unset optional as None when ``nullable``."""
     *parents, name = path.split(".")
-    message = request
     for parent in parents:
-        message = getattr(message, parent)
-    field = message.DESCRIPTOR.fields_by_name[name]
-    value = getattr(message, name)
-    enum = field.enum_type
-    if enum is not None:
+        descriptor = descriptor.fields_by_name[parent].message_type
+    field = descriptor.fields_by_name[name]
+    value = attrgetter(name)
+    read: Reader
+    if field.enum_type is not None:
+        enum = field.enum_type
+        names = {number: enum_name(enum, number) for number in enum.values_by_number}
+
+        def named(number: int) -> str:
+            found = names.get(number)
+            return found if found is not None else enum_name(enum, number)
+
         if field.is_repeated:
-            return tuple(enum_name(enum, n) for n in value)
-        return enum_name(enum, value)
-    if field.message_type is not None and field.message_type.full_name == _TIMESTAMP:
-        return to_datetime(value, path) if message.HasField(name) else None
-    if field.is_repeated:
-        return tuple(value)
-    if nullable and field.has_presence and not message.HasField(name):
-        return None
-    return value
+            read = lambda m: tuple(named(n) for n in value(m))  # noqa: E731
+        else:
+            read = lambda m: named(value(m))  # noqa: E731
+    elif field.message_type is not None and field.message_type.full_name == _TIMESTAMP:
+        read = lambda m: to_datetime(value(m), path) if m.HasField(name) else None  # noqa: E731
+    elif field.is_repeated:
+        read = lambda m: tuple(value(m))  # noqa: E731
+    elif nullable and field.has_presence:
+        read = lambda m: value(m) if m.HasField(name) else None  # noqa: E731
+    else:
+        read = value
+    if not parents:
+        return read
+    holder = attrgetter(".".join(parents))
+    return lambda m: read(holder(m))
 
 
 def wire_field(request: Message | None, field: str) -> str:
@@ -209,8 +272,8 @@ def _split_head(field: str) -> tuple[str, str, str]:
 def _times(aggregate: LedgerAggregate) -> dict[str, Any]:
     return {
         "etag": str(aggregate.version),
-        "create_time": timestamp(aggregate.created_on),
-        "update_time": timestamp(aggregate.modified_on),
+        "create_time": _timestamp_fields(aggregate.created_on),
+        "update_time": _timestamp_fields(aggregate.modified_on),
     }
 
 
@@ -293,61 +356,83 @@ def listing_pb(listing: Listing) -> listing_pb2.Listing:
 
 
 def trade_pb(trade: Trade) -> trade_pb2.Trade:
-    return trade_pb2.Trade(
-        id=str(trade.id),
-        listing_id=trade.listing_id,
-        exchange_id=trade.exchange_id,
-        seller_id=trade.seller_id,
-        buyer_id=trade.buyer_id,
-        rights=enum_values(common_pb2.Right, trade.rights),
-        conveyance=enum_value(common_pb2.Conveyance, trade.conveyance),
-        scenario=trade.scenario,
-        term_start=timestamp(trade.term_start),
-        term_end=timestamp(trade.term_end),
-        price=_money(trade.price),
-        settlement_ref=trade.settlement_ref,
-        state=enum_value(trade_pb2.TradeState, trade.state),
+    return trade_pb2.Trade(**_trade_fields(trade))
+
+
+def _trade_fields(trade: Trade) -> dict[str, Any]:
+    return {
+        "id": str(trade.id),
+        "listing_id": trade.listing_id,
+        "exchange_id": trade.exchange_id,
+        "seller_id": trade.seller_id,
+        "buyer_id": trade.buyer_id,
+        "rights": enum_values(common_pb2.Right, trade.rights),
+        "conveyance": enum_value(common_pb2.Conveyance, trade.conveyance),
+        "scenario": trade.scenario,
+        "term_start": _optional_timestamp(trade.term_start),
+        "term_end": _optional_timestamp(trade.term_end),
+        "price": {"currency": trade.price.currency, "amount_minor": trade.price.amount_minor},
+        "settlement_ref": trade.settlement_ref,
+        "state": enum_value(trade_pb2.TradeState, trade.state),
         **_times(trade),
-    )
+    }
 
 
 def grant_pb(grant: AccessGrant, now: datetime) -> access_pb2.Grant:
+    return access_pb2.Grant(**_grant_fields(grant, now))
+
+
+def _grant_fields(grant: AccessGrant, now: datetime) -> dict[str, Any]:
     basis = None
     if grant.cross_border_basis is not None:
-        basis = common_pb2.CrossBorderBasis(
-            kind=enum_value(common_pb2.CrossBorderBasisKind, grant.cross_border_basis.kind),
-            reference=grant.cross_border_basis.reference,
-        )
-    return access_pb2.Grant(
-        id=str(grant.id),
-        trade_id=grant.trade_id,
-        listing_id=grant.listing_id,
-        exchange_id=grant.exchange_id,
-        grantee_id=grant.grantee_id,
-        delivery_mode=enum_value(common_pb2.DeliveryMode, grant.delivery_mode),
-        scenario=grant.scenario,
-        valid_from=timestamp(grant.valid_from),
-        valid_until=timestamp(grant.valid_until),
-        destination_country=grant.destination_country,
-        cross_border_basis=basis,
-        usage_limit=grant.usage_limit,
-        uses_recorded=grant.units_used,
-        state=enum_value(access_pb2.GrantState, grant.state_at(now)),
-        revocation_reason=enum_value(common_pb2.RevocationReason, grant.revocation_reason),
+        basis = {
+            "kind": enum_value(common_pb2.CrossBorderBasisKind, grant.cross_border_basis.kind),
+            "reference": grant.cross_border_basis.reference,
+        }
+    return {
+        "id": str(grant.id),
+        "trade_id": grant.trade_id,
+        "listing_id": grant.listing_id,
+        "exchange_id": grant.exchange_id,
+        "grantee_id": grant.grantee_id,
+        "delivery_mode": enum_value(common_pb2.DeliveryMode, grant.delivery_mode),
+        "scenario": grant.scenario,
+        "valid_from": _optional_timestamp(grant.valid_from),
+        "valid_until": _optional_timestamp(grant.valid_until),
+        "destination_country": grant.destination_country,
+        "cross_border_basis": basis,
+        "usage_limit": grant.usage_limit,
+        "uses_recorded": grant.units_used,
+        "state": enum_value(access_pb2.GrantState, grant.state_at(now)),
+        "revocation_reason": enum_value(common_pb2.RevocationReason, grant.revocation_reason),
         **_times(grant),
-    )
+    }
+
+
+def _optional_timestamp(value: datetime | None) -> dict[str, int] | None:
+    return None if value is None else _timestamp_fields(value)
 
 
 def resource_pb(aggregate: LedgerAggregate, now: datetime) -> tuple[str, Message]:
     """Returns the response field name and proto resource of an aggregate."""
+    name, fields = _resource(aggregate, now)
+    if isinstance(fields, Message):
+        return name, fields
+    message = {"trade": trade_pb2.Trade, "grant": access_pb2.Grant}[name](**fields)
+    return name, message
+
+
+def _resource(aggregate: LedgerAggregate, now: datetime) -> tuple[str, Message | dict[str, Any]]:
+    """The response field name of an aggregate and its resource: a message, or the
+    fields of one (which a message being built takes without a copy)."""
+    if isinstance(aggregate, Trade):
+        return "trade", _trade_fields(aggregate)
+    if isinstance(aggregate, AccessGrant):
+        return "grant", _grant_fields(aggregate, now)
     if isinstance(aggregate, Participant):
         return "participant", participant_pb(aggregate, now)
     if isinstance(aggregate, Listing):
         return "listing", listing_pb(aggregate)
-    if isinstance(aggregate, Trade):
-        return "trade", trade_pb(aggregate)
-    if isinstance(aggregate, AccessGrant):
-        return "grant", grant_pb(aggregate, now)
     msg = f"no proto resource for {type(aggregate).__name__}"
     raise TypeError(msg)
 
@@ -357,13 +442,31 @@ def to_response(response: type[R], outcome: Outcome, request: Message, now: date
 
     Certification commands also return the certification they issued or changed.
     """
-    name, resource = resource_pb(outcome.resource, now)
+    return response(**response_fields(response, outcome, request, now))
+
+
+def response_fields(
+    response: type[Message], outcome: Outcome, request: Message, now: datetime
+) -> dict[str, Any]:
+    """The fields of a mutation's response (see ``to_response``), for a message that
+    holds one: an ingest call's result takes them without building the response apart."""
+    name, resource = _resource(outcome.resource, now)
     fields: dict[str, Any] = {name: resource, "position": outcome.position}
-    if "certification" in response.DESCRIPTOR.fields_by_name:
+    if _has_certification(response):
         assert isinstance(outcome.resource, Participant)  # for mypy
         certification = outcome.resource.certifications[_certification_id(request)]
         fields["certification"] = certification_pb(certification, now)
-    return response(**fields)
+    return fields
+
+
+def _has_certification(response: type[Message]) -> bool:
+    found = _CERTIFYING.get(response)
+    if found is None:
+        found = _CERTIFYING[response] = "certification" in response.DESCRIPTOR.fields_by_name
+    return found
+
+
+_CERTIFYING: dict[type[Message], bool] = {}
 
 
 def _certification_id(request: Message) -> str:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -324,10 +324,12 @@ class TradeService(_Servicer, trade_pb2_grpc.TradeServiceServicer):
         if isinstance(outcome, Exception):
             call.record(outcome)
             return tr.CommandResult(error=status_for(outcome, request))
-        result = tr.CommandResult()
-        response = convert.to_response(_INGESTIBLE[kind][1], outcome, request, now)
-        getattr(result, kind).CopyFrom(response)
-        return result
+        # The result is built in one go from the response's fields, without a response
+        # message of its own to copy into it.
+        fields: dict[str, Any] = {
+            kind: convert.response_fields(_INGESTIBLE[kind][1], outcome, request, now)
+        }
+        return tr.CommandResult(**fields)
 
 
 class AccessService(_Servicer, access_pb2_grpc.AccessServiceServicer):

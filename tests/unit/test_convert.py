@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.api import convert
 from ledger.application import commands as c
@@ -254,3 +256,69 @@ def test_an_unknown_enum_number_is_rejected_naming_the_field(market: Market) -> 
         market.run(convert.to_command(request, c.SubmitListing))
     field = caught.value.violations[0].field
     assert convert.wire_field(request, field) == "personal_information_level"
+
+
+# --- timestamps -------------------------------------------------------------------------
+
+valid_seconds = st.integers(min_value=-62135596800, max_value=253402300799)
+valid_nanos = st.integers(min_value=0, max_value=999_999_999)
+
+
+@settings(max_examples=300, deadline=None)
+@given(valid_seconds, valid_nanos)
+def test_a_timestamp_reads_as_protobuf_reads_it(seconds: int, nanos: int) -> None:
+    value = Timestamp(seconds=seconds, nanos=nanos)
+    read = convert.to_datetime(value, "at")
+    assert read == value.ToDatetime(tzinfo=UTC)
+    assert read.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(-62135596801, 0), (253402300800, 0), (0, -1), (0, 1_000_000_000), (2**62, 0)],
+)
+def test_a_timestamp_out_of_its_range_is_an_invalid_argument(seconds: int, nanos: int) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        convert.to_datetime(Timestamp(seconds=seconds, nanos=nanos), "valid_until")
+    assert caught.value.violations[0].field == "valid_until"
+
+
+zones = st.sampled_from(
+    [None, UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-3, minutes=-30))]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)), zones)
+def test_a_datetime_is_written_as_protobuf_writes_it(
+    moment: datetime, zone: timezone | None
+) -> None:
+    value = moment.replace(tzinfo=zone)
+    expected = Timestamp()
+    expected.FromDatetime(value)
+    assert convert.timestamp(value) == expected
+    assert convert.timestamp(value) == expected  # the second time from what was remembered
+
+
+def test_an_ingest_result_holds_the_response_of_the_single_call(market: Market) -> None:
+    listing_id = market.listed()
+    request = trade_pb2.RecordSaleRequest(
+        request_id=rid(),
+        listing_id=listing_id,
+        seller_id=market.ids["provider"],
+        buyer_id=market.ids["buyer"],
+        rights=[common_pb2.RIGHT_PROCESS_USE],
+        conveyance=common_pb2.CONVEYANCE_LICENCE,
+        scenario="credit-risk-scoring",
+        term_start=ts(market.clock.now()),
+        term_end=ts(market.later(30)),
+        price=common_pb2.Money(currency="CNY", amount_minor=10_000),
+    )
+    outcome = market.run(convert.to_command(request, c.RecordSale))
+    now = market.clock.now()
+    single = convert.to_response(trade_pb2.RecordSaleResponse, outcome, request, now)
+    fields = convert.response_fields(trade_pb2.RecordSaleResponse, outcome, request, now)
+    result = trade_pb2.CommandResult(record_sale=fields)  # type: ignore[arg-type]
+    assert result.record_sale == single
+    assert single.trade.HasField("term_end")
+    assert single.trade.price.amount_minor == 10_000
