@@ -334,6 +334,8 @@ def read_span(reader: AuditReader, span: Span) -> list[LinkedRow]:
     kept for it."""
     try:
         return _read_span(reader, span.after, span.stop, span.chain)
+    except Unavailable:
+        raise
     except Exception:
         # The generation read may have been retired and dropped meanwhile (a rebuild);
         # its successor holds the same hashes.

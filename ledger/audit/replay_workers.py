@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Final, cast
 
 from ledger.audit.replay import ReplayQuery, Span, encode_span, read_span
-from ledger.audit.stored import StoreAddress, UndecodableEvent, open_reader
+from ledger.audit.stored import AuditReader, StoreAddress, UndecodableEvent, open_reader
 from ledger.domain.errors import LedgerError, Unavailable
 
 MAX_PROCESSES: Final = 32
@@ -223,6 +223,16 @@ def _portable(error: Exception) -> BaseException:
     return RuntimeError(f"replay worker: {type(error).__name__}: {error}\n{text}")
 
 
+def _encode(reader: AuditReader, query: ReplayQuery, span: Span) -> list[bytes]:
+    try:
+        return encode_span(read_span(reader, span), query)
+    except Unavailable:
+        # A connection that the database dropped while the worker was idle is found dead
+        # on its first use: it is opened again once (at once refused if the database is
+        # down).
+        return encode_span(read_span(reader, span), query)
+
+
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     """A worker's loop: the store's address, then spans until the end of the input."""
     from ledger.projections.parallel import bulk_gc
@@ -239,7 +249,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
                     return
                 reply: tuple[bool, Any]
                 try:
-                    reply = (True, encode_span(read_span(reader, span), query))
+                    reply = (True, _encode(reader, query, span))
                 except Exception as error:  # handed to the server, which raises it
                     reply = (False, _portable(error))
                 pickle.dump(reply, replies, _PROTOCOL)

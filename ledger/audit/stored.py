@@ -14,6 +14,7 @@ one query and the rows can be encoded for the wire without an intermediate form.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -309,11 +310,19 @@ def _uuid(position: int, stored: str) -> str:
 
 
 class PostgresRows:
-    """Business rows of a PostgreSQL store, on the projection database's pool: prepared
-    statements with binary results (the states arrive as bytes, not as hex text)."""
+    """Business rows of a PostgreSQL store, on the connections ``connection`` lends (the
+    projection database's pool, or a ``PostgresConnection``): prepared statements with
+    binary results (the states arrive as bytes, not as hex text). ``transaction`` makes
+    the snapshots."""
 
-    def __init__(self, db: PostgresDatabase, table: str) -> None:
-        self._db = db
+    def __init__(
+        self,
+        connection: Callable[[], AbstractContextManager[Any]],
+        transaction: Callable[[], AbstractContextManager[Tx]],
+        table: str,
+    ) -> None:
+        self._connection = connection
+        self._transaction = transaction
         self._table = table
         self._query = self._select(table, "")
         self._linked: dict[str, Any] = {}
@@ -343,7 +352,7 @@ class PostgresRows:
     def _fetch(self, query: Any, after: int, limit: int, stop: int | None) -> list[Any]:
         upper = MAX_POSITION if stop is None else stop
         parameters = {"after": after, "upper": upper, "skipped": list(_SKIPPED), "limit": limit}
-        with postgres_errors(), self._db.pool.connection() as connection:
+        with postgres_errors(), self._connection() as connection:
             cursor = connection.execute(query, parameters, prepare=True, binary=True)
             rows: list[Any] = cursor.fetchall()
         return rows
@@ -359,8 +368,75 @@ class PostgresRows:
 
     @contextmanager
     def snapshot(self) -> Iterator[Tx]:
-        with postgres_errors(), self._db.transaction() as tx:
+        with postgres_errors(), self._transaction() as tx:
             yield tx
+
+
+# How a replay worker's connection shows in ``pg_stat_activity`` (with its process id).
+APPLICATION_NAME: Final = "ledger replay worker"
+
+
+class PostgresConnection:
+    """One connection of a process's own, opened when it is first needed and again after
+    it failed: for a process that reads one thing at a time (a replay worker), which a
+    pool would only make wait out its timeout, and reconnect with a back-off, while the
+    database is down."""
+
+    def __init__(self, conninfo: str, schema: str) -> None:
+        self._conninfo = conninfo
+        self._schema = schema
+        self._connection: Any = None
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        import psycopg
+
+        if self._connection is None or self._connection.closed:
+            self._connection = psycopg.connect(
+                self._conninfo,
+                options=f"-c search_path={self._schema}",
+                autocommit=True,
+                application_name=f"{APPLICATION_NAME} {os.getpid()}",
+            )
+        try:
+            yield self._connection
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            self.close()
+            raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self.connection() as connection, connection.transaction():
+            yield _PostgresReadTx(connection)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class _PostgresReadTx:
+    """The ``Tx`` of a ``PostgresConnection``'s transaction (statements written with
+    ``?``, as the projections write them)."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        rows: int = self._connection.execute(sql.replace("?", "%s"), params).rowcount
+        return rows
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._connection.cursor().executemany(sql.replace("?", "%s"), rows)
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._connection.execute(
+            sql.replace("?", "%s"), params
+        ).fetchone()
+        return row
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._connection.execute(sql.replace("?", "%s"), params).fetchall())
 
 
 @contextmanager
@@ -414,18 +490,18 @@ def audit_reader(recorder: Any, db: Database) -> AuditReader:
     if address is None:
         return AuditReader(EventLog(recorder), db.transaction)
     if isinstance(db, PostgresDatabase):
-        pg_rows = PostgresRows(db, address.table)
+        pg_rows = PostgresRows(db.pool.connection, db.transaction, address.table)
         return AuditReader(StoredEventReader(pg_rows), pg_rows.snapshot)
     rows = SqliteRows(address.location, address.table)
     return AuditReader(StoredEventReader(rows), rows.snapshot)
 
 
 def open_reader(address: StoreAddress) -> tuple[AuditReader, Callable[[], None]]:
-    """A direct reader of the store at ``address`` on connections of its own (one, on
-    PostgreSQL), for another process; and what closes them."""
+    """A direct reader of the store at ``address`` on a connection of its own, for a
+    process that reads one thing at a time; and what closes it."""
     if address.dialect == "postgresql":
-        db = PostgresDatabase(address.location, address.schema, pool_size=1)
-        pg_rows = PostgresRows(db, address.table)
-        return AuditReader(StoredEventReader(pg_rows), pg_rows.snapshot), db.close
+        own = PostgresConnection(address.location, address.schema)
+        pg_rows = PostgresRows(own.connection, own.transaction, address.table)
+        return AuditReader(StoredEventReader(pg_rows), pg_rows.snapshot), own.close
     rows = SqliteRows(address.location, address.table)
     return AuditReader(StoredEventReader(rows), rows.snapshot), rows.close

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,12 @@ from ledger.application.app import MarketLedger
 from ledger.application.events import EVENT_TYPES, EventLog
 from ledger.audit.replay import EventReplay, ReplayQuery, Span, kept_chain
 from ledger.audit.replay_workers import ReplayWorkers, _Worker
-from ledger.audit.stored import UndecodableEvent, audit_reader, store_address
+from ledger.audit.stored import (
+    APPLICATION_NAME,
+    UndecodableEvent,
+    audit_reader,
+    store_address,
+)
 from ledger.bootstrap import build_application, build_projections
 from ledger.clock import FakeClock
 from ledger.domain.errors import Unavailable
@@ -214,6 +219,41 @@ class TestPostgresReplayWorkers(ReplayWorkersContract):
     @pytest.fixture
     def database_url(self, pg_schema_url: str) -> str:
         return pg_schema_url
+
+    def test_a_connection_the_database_dropped_is_opened_again(
+        self, replays: Replays, postgres_url: str
+    ) -> None:
+        workers, span = replays.workers, replays.span()
+        # Enough spans at once that every worker reads some, and so connects.
+        submitted = [workers.submit(ReplayQuery(), span) for _ in range(4 * self.processes)]
+        expected = [future.result(30) for future in submitted]
+        names = [f"{APPLICATION_NAME} {pid}" for pid in workers.pids()]
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            connected = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)", (names,)
+            ).fetchone()
+            assert connected == (self.processes,)
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = ANY(%s)",
+                (names,),
+            )
+        replayed = [workers.submit(ReplayQuery(), span) for _ in range(4 * self.processes)]
+        assert [future.result(30) for future in replayed] == expected
+
+    def test_a_database_that_cannot_be_reached_fails_a_span_unavailable(
+        self, replays: Replays
+    ) -> None:
+        address = store_address(replays.app.recorder, replays.manager.db)
+        assert address is not None
+        nowhere = replace(address, location="host=127.0.0.1 port=1 connect_timeout=2")
+        workers = ReplayWorkers(nowhere, 1)
+        workers.start()
+        try:
+            with pytest.raises(Unavailable, match="cannot be read"):
+                workers.submit(ReplayQuery(), replays.span()).result(30)
+        finally:
+            workers.close()
 
     def damage(self, database_url: str, position: int, state: bytes) -> None:
         url, _, schema = database_url.partition("?schema=")
