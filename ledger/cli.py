@@ -18,6 +18,7 @@ from types import FrameType
 
 import structlog
 
+from ledger import collector
 from ledger.api.principals import (
     PrincipalsFileError,
     PrincipalStore,
@@ -222,6 +223,7 @@ def _run_server(
 
     if replay_workers is not None:
         replay_workers.start()
+    collector.settle_after_start()
     server.start()
     print(f"ledger serve: listening on {server.address}", flush=True)
     if dev_tokens is not None:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ledger import collector
 from ledger.bootstrap import build_application, build_projections
 from ledger.projections.engine import LIVE, ProjectionManager, Status
 from ledger.settings import Settings
@@ -237,6 +238,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         print("ledger projections: running", flush=True)
+        collector.settle_after_start()
         manager.run_forever(stop)
         return 0
     finally:
