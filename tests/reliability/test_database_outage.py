@@ -10,12 +10,14 @@ once.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -160,6 +162,12 @@ class Load:
                 ),
             ),
             ("GetLedgerInfo", s.audit.GetLedgerInfo, audit_pb2.GetLedgerInfoRequest()),
+            (
+                # A short replay, read and encoded by the server's replay workers.
+                "ReplayEvents",
+                functools.partial(replayed, s.audit.ReplayEvents),
+                audit_pb2.ReplayEventsRequest(to_position=50),
+            ),
         ]
 
     def count(self, writer: int, since: float, ok: bool) -> int:
@@ -235,6 +243,18 @@ class Load:
             with self.changed:
                 self.acknowledged.append(pending)
             pending = None
+
+
+def replayed(
+    replay: Callable[..., Iterator[audit_pb2.ReplayEventsResponse]],
+    request: audit_pb2.ReplayEventsRequest,
+    **kw: Any,
+) -> audit_pb2.ReplayEventsResponse:
+    """The last message of a whole replay stream."""
+    last = audit_pb2.ReplayEventsResponse()
+    for last in replay(request, **kw):  # noqa: B007 - the last one is kept
+        pass
+    return last
 
 
 def outage(cluster: PostgresCluster, server: ServeProcess, load: Load) -> dict[str, float]:
@@ -339,6 +359,22 @@ def test_calls_fail_unavailable_while_postgres_is_down_and_the_server_recovers_b
                 )
                 assert answer.allowed, answer
                 assert answer.grant_id == grant_id
+            # The replay workers read again too: the whole log, in order.
+            head = stubs.audit.GetLedgerInfo(
+                audit_pb2.GetLedgerInfoRequest(), metadata=identity.admin, timeout=DEADLINE_S
+            ).head_position
+            positions = [
+                event.position
+                for response in stubs.audit.ReplayEvents(
+                    audit_pb2.ReplayEventsRequest(to_position=head),
+                    metadata=identity.admin,
+                    timeout=RECOVER_TIMEOUT_S,
+                )
+                for event in response.events
+            ]
+            assert len(positions) >= len(load.acknowledged)
+            assert positions == sorted(set(positions))
+            assert positions[-1] <= head
         server.stop()
     finally:
         if server is not None:
@@ -348,6 +384,7 @@ def test_calls_fail_unavailable_while_postgres_is_down_and_the_server_recovers_b
     codes = Counter(a.code.name for a in load.attempts)
     bugs = [a for a in load.attempts if a.code in BUG_CODES]
     assert not bugs, bugs[:5]
+    assert any(a.method == "ReplayEvents" and a.code.name == "OK" for a in load.attempts)
     failures = {a.code.name for a in load.attempts if a.code.name != "OK"}
     assert failures <= {"UNAVAILABLE"}, codes
     slowest = max(a.ended - a.started for a in load.attempts)
