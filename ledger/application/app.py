@@ -83,6 +83,8 @@ MAX_ATTEMPTS = 8
 MAX_BATCH = 1000
 # Aggregates kept as stored between batches, brought up to date at the start of each.
 CLEAN_CACHE_SIZE = 10_000
+# Batches under way at once: one is decided while another waits for the database.
+BATCH_LANES = 2
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,7 @@ class MarketLedger(Application[UUID]):
         self._clean = CleanCache(CLEAN_CACHE_SIZE, uncached=(RequestMarker,))
         self._working = threading.local()
         self._group: GroupCommit[tuple[c.Command, Actor], Outcome | Exception] = GroupCommit(
-            self._run_batch, MAX_BATCH
+            self._run_batch, MAX_BATCH, lanes=BATCH_LANES, keys=_named_keys
         )
 
     def construct_transcoder(self) -> Transcoder:
@@ -885,6 +887,16 @@ def _named_ids(items: Sequence[tuple[c.Command, Actor]]) -> list[UUID]:
             except (ValueError, LedgerError):
                 continue  # reported when the command runs
     return ids
+
+
+def _named_keys(item: tuple[c.Command, Actor]) -> Iterator[str]:
+    """The ids a command names, as given: batches that share one are not run at once."""
+    command = item[0]
+    for name in c.field_names(type(command)):
+        if name.endswith("_id"):
+            value = getattr(command, name)
+            if value:
+                yield str(value)
 
 
 def _reused(request_id: str, command: str) -> AlreadyExists:

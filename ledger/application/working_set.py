@@ -8,6 +8,7 @@ that fails leaves no trace: the aggregates it changed go back to their state bef
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from copy import deepcopy
@@ -31,7 +32,7 @@ class BatchReader(Protocol):
 
 
 class CleanCache:
-    """Aggregates as stored, most recently used last; only the batch runner touches it.
+    """Aggregates as stored, most recently used last; shared by the batches under way.
 
     Each entry is at a version that was committed; a batch brings it up to date with the
     events stored after that version (by any process) before using a copy of it.
@@ -42,23 +43,31 @@ class CleanCache:
         # Aggregates written once and seldom read again (request markers) are not kept.
         self.uncached = uncached
         self._entries: OrderedDict[UUID, LedgerAggregate] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, aggregate_id: UUID) -> LedgerAggregate | None:
-        aggregate = self._entries.get(aggregate_id)
-        if aggregate is not None:
-            self._entries.move_to_end(aggregate_id)
-        return aggregate
+        with self._lock:
+            aggregate = self._entries.get(aggregate_id)
+            if aggregate is not None:
+                self._entries.move_to_end(aggregate_id)
+            return aggregate
 
     def put(self, aggregate: LedgerAggregate) -> None:
         if isinstance(aggregate, self.uncached):
             return
-        self._entries[aggregate.id] = aggregate
-        self._entries.move_to_end(aggregate.id)
-        while len(self._entries) > self.maxsize:
-            self._entries.popitem(last=False)
+        with self._lock:
+            current = self._entries.get(aggregate.id)
+            if current is not None and current.version > aggregate.version:
+                # A batch that committed later already left a newer version here.
+                return
+            self._entries[aggregate.id] = aggregate
+            self._entries.move_to_end(aggregate.id)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
 
     def discard(self, aggregate_id: UUID) -> None:
-        self._entries.pop(aggregate_id, None)
+        with self._lock:
+            self._entries.pop(aggregate_id, None)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -262,6 +262,68 @@ def test_a_group_never_exceeds_its_item_limit() -> None:
     assert sizes == [1, 4, 4]
 
 
+def test_with_two_lanes_a_batch_is_decided_while_another_is_under_way() -> None:
+    both_running = threading.Barrier(2, timeout=10)
+    batches: list[list[str]] = []
+
+    def run(items: list[str]) -> list[str]:
+        batches.append(list(items))
+        both_running.wait()  # each waits for the other: they must run at once
+        return items
+
+    group: GroupCommit[str, str] = GroupCommit(run, lanes=2, keys=lambda item: [item])
+    results: dict[str, list[str]] = {}
+    threads = [
+        threading.Thread(target=lambda k=key: results.update({k: group.submit([k])}))
+        for key in ("a", "b")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == {"a": ["a"], "b": ["b"]}
+    assert sorted(map(tuple, batches)) == [("a",), ("b",)]
+
+
+def test_a_submission_naming_a_key_of_a_batch_under_way_waits_for_it() -> None:
+    first_running = threading.Event()
+    release = threading.Event()
+    running = 0
+    most_at_once = 0
+    batches: list[list[str]] = []
+    lock = threading.Lock()
+
+    def run(items: list[str]) -> list[str]:
+        nonlocal running, most_at_once
+        with lock:
+            batches.append(list(items))
+            running += 1
+            most_at_once = max(most_at_once, running)
+        if len(batches) == 1:
+            first_running.set()
+            release.wait(10)
+        with lock:
+            running -= 1
+        return items
+
+    group: GroupCommit[str, str] = GroupCommit(run, lanes=2, keys=lambda item: [item[0]])
+    first = threading.Thread(target=group.submit, args=(["x1"],))
+    first.start()
+    assert first_running.wait(10)
+    same = threading.Thread(target=group.submit, args=(["x2"],))
+    same.start()
+    while not group._queue:  # queued behind the batch that names x
+        threading.Event().wait(0.01)
+    other = group.submit(["y1"])  # names nothing under way: runs in the second lane
+    assert other == ["y1"]
+    assert [b for b in batches if b != ["x1"]] == [["y1"]]
+    release.set()
+    for t in (first, same):
+        t.join(10)
+    assert batches == [["x1"], ["y1"], ["x2"]]
+    assert most_at_once == 2
+
+
 def test_the_cache_of_stored_aggregates_is_bounded_and_keeps_no_request_markers(
     market: Market,
 ) -> None:
