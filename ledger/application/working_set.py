@@ -139,8 +139,18 @@ class WorkingSet:
 
     def load(self, ids: Iterable[UUID], follow_references: bool = True) -> None:
         """Loads the aggregates of ``ids`` not loaded yet in one query and, when
-        ``follow_references``, those they refer to in one more."""
-        loaded = self._load(ids)
+        ``follow_references``, those they refer to (in the same query where the cache
+        knows them, else in one more)."""
+        wanted = dict.fromkeys(ids)
+        if follow_references:
+            # What the cached aggregates refer to is known before the read: asked for in
+            # the same query, the references need no second one unless an aggregate
+            # came in new or refers to something new.
+            for aggregate_id in list(wanted):
+                cached = self._cache.get(aggregate_id)
+                if cached is not None:
+                    wanted.update(dict.fromkeys(_references(cached)))
+        loaded = self._load(wanted)
         if follow_references:
             self._load(ref for aggregate in loaded for ref in _references(aggregate))
 

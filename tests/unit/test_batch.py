@@ -324,6 +324,26 @@ def test_a_submission_naming_a_key_of_a_batch_under_way_waits_for_it() -> None:
     assert most_at_once == 2
 
 
+def test_a_batch_on_cached_aggregates_reads_the_store_once(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listing_id = market.listed()
+    assert all(isinstance(r, Outcome) for r in batch(market, *sale_and_grant(market, listing_id)))
+    recorder = market.app.recorder
+    reads: list[int] = []
+    select = recorder.select_events_after  # type: ignore[attr-defined]
+
+    def counted(after: Any) -> Any:
+        reads.append(len(after))
+        return select(after)
+
+    monkeypatch.setattr(recorder, "select_events_after", counted)
+    results = batch(market, *sale_and_grant(market, listing_id))
+    assert all(isinstance(r, Outcome) for r in results), results
+    # The listing, its exchange and provider, the parties and the new ids: one read.
+    assert len(reads) == 1
+
+
 def test_the_cache_of_stored_aggregates_is_bounded_and_keeps_no_request_markers(
     market: Market,
 ) -> None:
