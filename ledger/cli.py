@@ -204,6 +204,7 @@ def _run_server(
             run_projections=settings.run_projections,
             checkpointer=build_checkpointer(settings, app, projections.db),
             replay_pool=replay_workers,
+            read_workers=settings.read_workers,
         )
     except (AddressInUse, ValueError) as exc:
         raise UsageError(str(exc)) from None

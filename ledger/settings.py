@@ -33,6 +33,8 @@ class Settings:
     run_projections: bool = True
     # Processes that read and encode ReplayEvents streams for `ledger serve` (0: its own).
     replay_workers: int = 2
+    # Threads that serve the unary calls that change nothing (CheckAccess, Get*, List*...).
+    read_workers: int = 4
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
 from contextvars import Token
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,7 +239,13 @@ class LedgerInterceptor(grpc.ServerInterceptor):
     raised below them (the refusals of the deadline, authentication and authorisation
     checks, and the application's) go through one mapping to a rich status."""
 
-    def __init__(self, principals: PrincipalStore, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        principals: PrincipalStore,
+        metrics: Metrics,
+        read_pool: futures.ThreadPoolExecutor | None = None,
+    ) -> None:
+        self._read_pool = read_pool
         self._log = RequestLog()
         self._metrics = RpcMetrics(metrics)
         self._authentication = Authentication(principals)
@@ -264,6 +271,9 @@ class LedgerInterceptor(grpc.ServerInterceptor):
         behaviour = getattr(handler, _BEHAVIOURS[kind])
         if not kind[1]:
             wrapped = self._unary(method, behaviour)
+            policy = authz.policy_for(method)
+            if not kind[0] and self._read_pool and policy is not None and not policy.mutation:
+                wrapped.experimental_thread_pool = self._read_pool  # type: ignore[attr-defined]
         elif getattr(behaviour, "experimental_non_blocking", False):
             wrapped = self._non_blocking(method, behaviour)
         else:
@@ -368,6 +378,11 @@ class _Scope:
             unbind_request_context(self._token)
 
 
-def interceptors(principals: PrincipalStore, metrics: Metrics) -> list[grpc.ServerInterceptor]:
-    """Returns the server's interceptors, outermost first."""
-    return [LedgerInterceptor(principals, metrics)]
+def interceptors(
+    principals: PrincipalStore,
+    metrics: Metrics,
+    read_pool: futures.ThreadPoolExecutor | None = None,
+) -> list[grpc.ServerInterceptor]:
+    """Returns the server's interceptors, outermost first; with ``read_pool``, the unary
+    calls that change nothing run on its threads (grpc's per-behaviour thread pool)."""
+    return [LedgerInterceptor(principals, metrics, read_pool)]
