@@ -633,8 +633,16 @@ class ProjectionManager:
     def wake(self) -> None:
         self._wake.set()
 
-    def run_forever(self, stop: threading.Event, idle_s: float = 0.05) -> None:
-        """Follows the log until ``stop`` is set, waking at once when told of a write."""
+    def run_forever(
+        self, stop: threading.Event, idle_s: float = 0.05, gather_s: float = 0.0
+    ) -> None:
+        """Follows the log until ``stop`` is set, waking at once when told of a write.
+
+        With ``gather_s``, a batch short of ``batch_size`` (the log is being written
+        as it is followed) is followed by that long a pause, so that the next batch
+        folds what was written meanwhile: fewer, larger batches, each a transaction and
+        a read per projection, at the cost of that much more lag.
+        """
         while not stop.is_set():
             try:
                 advanced = self.run_once()
@@ -647,6 +655,8 @@ class ProjectionManager:
             if not advanced:
                 self._wake.wait(idle_s)
                 self._wake.clear()
+            elif gather_s and advanced < self.batch_size:
+                stop.wait(gather_s)
 
     def applied(self, gen: Generation) -> int:
         """The position a generation has applied, as fresh as this process knows it."""

@@ -643,3 +643,33 @@ def test_a_new_projection_version_is_built_beside_the_old_one_and_replaces_it(
     upgraded.catch_up()
     live = upgraded.live(NAME, max_age_s=0)
     assert (live.version, live.state, live.position) == (2, LIVE, market.head)
+
+
+class _Pauses(threading.Event):
+    """A stop event that records how long the runner pauses on it, and stops it after
+    the first few pauses."""
+
+    def __init__(self, pauses: int) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+        self._left = pauses
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        self._left -= 1
+        if self._left <= 0:
+            self.set()
+        return self.is_set()
+
+
+def test_a_runner_that_gathers_pauses_after_a_short_batch_and_not_after_a_full_one(
+    market: Market, log: EventLog, db: SqliteDatabase
+) -> None:
+    market.listed()
+    manager = open_manager(log, db, batch_size=market.head - 1)
+    stop = _Pauses(pauses=1)
+    manager.run_forever(stop, gather_s=0.2)
+    # The full first batch is followed by the next at once; the short second one (the
+    # last position) by the gathering pause.
+    assert stop.waits == [0.2]
+    assert manager.live(NAME, max_age_s=0).position == market.head
