@@ -73,7 +73,7 @@ def measure(settings: Settings, market: Market, options: Options) -> dict[str, A
         server.wait_for_projections(timeout_s, options.progress)
         replayed = replay_in_child(server, timeout_s)
         checks, _allowed = check_load(
-            server, requests, CHECK_CLIENTS, 100 * options.events, options.window_s
+            [server], requests, CHECK_CLIENTS, 100 * options.events, options.window_s
         )
         server_peaks = server.peak_rss_by_process_mb()
     return {

@@ -19,11 +19,20 @@ from ledger.application.events import EventLog
 from ledger.bench.dataset import GrantRef, Market
 from ledger.bench.load import LoadResult, run_load
 from ledger.bench.runner import Options, Result
-from ledger.bench.server import BenchServer, Finished, child_env, run_measured, serving
+from ledger.bench.server import (
+    BenchServer,
+    Finished,
+    child_env,
+    deployment,
+    run_measured,
+    serving,
+)
 from ledger.bench.stores import load_market, temporary_store
 from ledger.v1 import access_pb2, access_pb2_grpc, common_pb2
 
 CHECK_CLIENTS = (16, 4)
+# Server replicas on PostgreSQL (see ledger.bench.server.deployment).
+CHECK_REPLICAS = 2
 ALLOWED_SHARE = 0.9
 SCAN_BATCH = 10_000
 REPLAY_TIMEOUT_S = 3600.0
@@ -76,18 +85,20 @@ def busiest_exchange(market: Market) -> str:
 
 
 def check_load(
-    server: BenchServer,
+    servers: Sequence[BenchServer],
     requests: Sequence[access_pb2.CheckAccessRequest],
     clients: int,
     max_calls: int,
     seconds: float,
     role: Role = Role.EXCHANGE,
 ) -> tuple[LoadResult, float]:
-    """CheckAccess from ``clients`` clients; returns the load and the allowed share."""
-    metadata = server.metadata(role)
+    """CheckAccess from ``clients`` clients, which take the servers in turn; returns the
+    load and the allowed share."""
     allowed = [0, 0]
 
     def factory(channel: grpc.Channel, client: int) -> Callable[[int], int]:
+        # run_load gives client i the address of server i % len(servers).
+        metadata = servers[client % len(servers)].metadata(role)
         stub = access_pb2_grpc.AccessServiceStub(channel)
         offset = client * 7919
 
@@ -100,13 +111,16 @@ def check_load(
 
         return call
 
-    load = run_load(server.address, clients, factory, max_calls, seconds, warmup_calls=20)
+    addresses = [server.address for server in servers]
+    load = run_load(addresses, clients, factory, max_calls, seconds, warmup_calls=20)
     return load, allowed[1] / max(1, sum(allowed))
 
 
-def empty_load(server: BenchServer, clients: int, max_calls: int, seconds: float) -> LoadResult:
+def empty_load(
+    servers: Sequence[BenchServer], clients: int, max_calls: int, seconds: float
+) -> LoadResult:
     """The baseline: ``grpc.health.v1.Health/Check``, an empty unary call on the same
-    server, through the same interceptors, from the same kind of clients."""
+    servers, through the same interceptors, from the same kind of clients."""
 
     def factory(channel: grpc.Channel, client: int) -> Callable[[int], int]:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -118,12 +132,13 @@ def empty_load(server: BenchServer, clients: int, max_calls: int, seconds: float
 
         return call
 
-    return run_load(server.address, clients, factory, max_calls, seconds, warmup_calls=20)
+    addresses = [server.address for server in servers]
+    return run_load(addresses, clients, factory, max_calls, seconds, warmup_calls=20)
 
 
 def check(options: Options) -> Result:
     """CheckAccess over the grants of a generated market, at 16 and at 4 clients, next
-    to an empty unary call from the same clients."""
+    to an empty unary call from the same clients, on the scale-out deployment."""
     seconds = options.window_s
     max_calls = max(500, 50 * options.events)
     runs: dict[str, dict[str, Any]] = {}
@@ -132,11 +147,13 @@ def check(options: Options) -> Result:
         app.close()
         exchange = busiest_exchange(market)
         requests = check_requests(market, exchange, options.seed)
-        with serving(settings, exchange) as server:
-            caught_up_s = server.wait_for_projections(options.catch_up_timeout_s, options.progress)
+        with deployment(settings, exchange, options.backend, CHECK_REPLICAS) as servers:
+            caught_up_s = servers[0].wait_for_projections(
+                options.catch_up_timeout_s, options.progress
+            )
             for clients in CHECK_CLIENTS:
-                empty = empty_load(server, clients, max_calls, seconds)
-                checks, allowed = check_load(server, requests, clients, max_calls, seconds)
+                empty = empty_load(servers, clients, max_calls, seconds)
+                checks, allowed = check_load(servers, requests, clients, max_calls, seconds)
                 runs[str(clients)] = {
                     "empty": empty.summary(),
                     "check": checks.summary(),
@@ -144,9 +161,9 @@ def check(options: Options) -> Result:
                 }
             # An unscoped caller (an auditor) skips the venue check's listing read.
             unscoped, _ = check_load(
-                server, requests, CHECK_CLIENTS[0], max_calls, seconds, Role.AUDITOR
+                servers, requests, CHECK_CLIENTS[0], max_calls, seconds, Role.AUDITOR
             )
-            server_rss = server.peak_rss_mb()
+            server_rss = max(server.peak_rss_mb() for server in servers)
     many, few = runs[str(CHECK_CLIENTS[0])], runs[str(CHECK_CLIENTS[1])]
     qps, empty_qps = many["check"]["qps"], many["empty"]["qps"]
     p99, empty_p99 = many["check"]["p99_ms"], many["empty"]["p99_ms"]
@@ -167,6 +184,7 @@ def check(options: Options) -> Result:
         {
             "grants": market.grant_count,
             "caller": "exchange (venue-scoped)",
+            "servers": len(servers),
             "p99_ms": p99,
             "empty_p99_ms": empty_p99,
             "p99_ratio": round(p99 / empty_p99, 2) if empty_p99 else None,
@@ -174,7 +192,7 @@ def check(options: Options) -> Result:
             "by_clients": runs,
             "unscoped_caller_at_16": unscoped.summary(),
             "catch_up_s": round(caught_up_s, 1),
-            "server_peak_rss_mb": round(server_rss, 1),
+            "server_peak_rss_mb": round(server_rss, 1),  # the largest replica's
         },
     )
 

@@ -176,6 +176,21 @@ def replicas(settings: Settings, exchange_id: str, count: int) -> Iterator[list[
         ]
 
 
+@contextmanager
+def deployment(
+    settings: Settings, exchange_id: str, backend: str, count: int
+) -> Iterator[list[BenchServer]]:
+    """On PostgreSQL, the scale-out deployment of ``count`` server replicas and a
+    projection worker (a Python server's interpreter lock keeps it to one core, and the
+    replicas share the others); on SQLite, one server."""
+    if backend == "postgresql":
+        with replicas(settings, exchange_id, count) as servers:
+            yield servers
+    else:
+        with serving(settings, exchange_id) as server:
+            yield [server]
+
+
 def _stop(process: subprocess.Popen[str]) -> None:
     """SIGTERM and a graceful exit, or SIGKILL when it does not come."""
     if process.poll() is None:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +24,7 @@ from ledger.application.markers import entity_id
 from ledger.bench.dataset import ListingRef, Market, setup_market
 from ledger.bench.load import LoadResult, run_load
 from ledger.bench.runner import Options, Result
-from ledger.bench.server import BenchServer, replicas, serving
+from ledger.bench.server import deployment, serving
 from ledger.bench.stores import temporary_store
 from ledger.bootstrap import build_application, ensure_schema, postgres_conninfo, store_env
 from ledger.settings import Settings
@@ -283,7 +282,9 @@ def ingest(options: Options) -> Result:
         try:
             terms = Terms.now()
             failures: list[int] = []
-            with _ingest_servers(settings, market.exchanges[0], options.backend) as servers:
+            with deployment(
+                settings, market.exchanges[0], options.backend, INGEST_REPLICAS
+            ) as servers:
 
                 def factory(channel: grpc.Channel, client: int) -> Callable[[int], int]:
                     # run_load gives client i the address of server i % len(servers).
@@ -352,22 +353,6 @@ def ingest(options: Options) -> Result:
             "errors": dict(load.errors),
         },
     )
-
-
-@contextmanager
-def _ingest_servers(
-    settings: Settings, exchange_id: str, backend: str
-) -> Iterator[list[BenchServer]]:
-    """On PostgreSQL, the scale-out deployment: server replicas on the one database and
-    the projections in a worker process of their own (a server's interpreter lock then
-    serves its ingest calls alone, and one server decides while another writes); on
-    SQLite, one server."""
-    if backend == "postgresql":
-        with replicas(settings, exchange_id, INGEST_REPLICAS) as servers:
-            yield servers
-    else:
-        with serving(settings, exchange_id) as server:
-            yield [server]
 
 
 def raw_insert(
