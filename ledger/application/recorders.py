@@ -11,7 +11,7 @@ those aggregates has moved on. The command is then retried against the new state
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -32,6 +32,17 @@ EventsById = dict[UUID, list[StoredEvent]]
 _SQLITE_CHUNK = 500
 
 
+def array_literal(values: Iterable[UUID | int]) -> str:
+    """A PostgreSQL array literal of ids or integers (cast in the statement): their
+    text needs no quoting, and one string is several times cheaper to send than an
+    array psycopg dumps element by element (1 ms of CPU for 600 ids, as text)."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _as_uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(value)
+
+
 def _moved(read_versions: ReadVersions, current: Mapping[UUID, int]) -> list[UUID]:
     return [i for i, version in read_versions.items() if current.get(i, 0) != version]
 
@@ -44,12 +55,12 @@ def _fail(moved: list[UUID]) -> None:
 class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # One typed array per column instead of an array of the composite type: psycopg
-        # dumps uuid, bigint, text and bytea arrays in binary, without per-row text
+        # One typed array per column instead of an array of the composite type: ids and
+        # versions as array literals, topics and states in binary, without per-row text
         # escaping, which makes large batches several times cheaper to send.
         self.insert_events_statement = SQL(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
+            "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %b::text[], %b::bytea[]) "
             "RETURNING notification_id"
         ).format(
             schema=Identifier(self.datastore.schema),
@@ -65,8 +76,8 @@ class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
         curs.execute(
             self.insert_events_statement,
             (
-                [e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
+                array_literal(_as_uuid(e.originator_id) for e in stored_events),
+                array_literal(e.originator_version for e in stored_events),
                 [e.topic for e in stored_events],
                 [e.state for e in stored_events],
             ),
@@ -100,7 +111,7 @@ class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
                     schema=Identifier(self.datastore.schema),
                     table=Identifier(self.events_table_name),
                 ),
-                (list(ids), list(versions)),
+                (array_literal(ids), array_literal(versions)),
             )
 
     def _fetch_ids_after_insert_events(
@@ -128,7 +139,7 @@ class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
             table=Identifier(self.events_table_name),
         )
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(statement, (list(ids), list(versions)), prepare=True)
+            curs.execute(statement, (array_literal(ids), array_literal(versions)), prepare=True)
             for row in curs.fetchall():
                 found.setdefault(row["originator_id"], []).append(
                     StoredEvent(
