@@ -29,6 +29,7 @@ from ledger.application.markers import PartyKey, RequestMarker, entity_id, party
 from ledger.application.markers import request_marker_id as marker_id_of
 from ledger.application.parse import (
     MAX_NAME,
+    canonical_uuid,
     parse_enum,
     parse_enum_set,
     parse_etag,
@@ -883,7 +884,7 @@ def _named_ids(items: Sequence[tuple[c.Command, Actor]]) -> list[UUID]:
                 if name == "request_id":
                     ids.append(marker_id_of(parse_request_id(value)))
                 elif value:
-                    ids.append(UUID(value))
+                    ids.append(canonical_uuid(value) or UUID(value))
             except (ValueError, LedgerError):
                 continue  # reported when the command runs
     return ids

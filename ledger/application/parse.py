@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import TypeVar
 from uuid import UUID
 
@@ -23,8 +24,10 @@ _CANONICAL_UUID = re.compile(
 
 
 def parse_uuid(value: str, field: str) -> UUID:
-    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
-        return UUID(value)
+    if isinstance(value, str):
+        found = canonical_uuid(value)
+        if found is not None:
+            return found
     if not value:
         raise InvalidArgument.of(field, "is required")
     try:
@@ -34,6 +37,16 @@ def parse_uuid(value: str, field: str) -> UUID:
     if str(parsed) != value.lower():
         raise InvalidArgument.of(field, "use the canonical hyphenated UUID form")
     return parsed
+
+
+@lru_cache(maxsize=16_384)
+def canonical_uuid(value: str) -> UUID | None:
+    """The UUID of a canonical hyphenated UUID text (either case), else None. The ids
+    of a batch repeat (its listing, parties and the trades its sales create), and a
+    UUID is built in Python: recent ones are kept."""
+    if _CANONICAL_UUID.fullmatch(value):
+        return UUID(value)
+    return None
 
 
 def parse_request_id(value: str) -> str:
