@@ -323,10 +323,11 @@ class MarketLedger(Application[UUID]):
         positions = self.recorder.insert_events(stored, read_versions=batch.working.read_versions())
         assert positions is not None  # for mypy: the application recorder returns them
         batch.working.written()
+        marker = RequestMarker.Created.TOPIC
         return {
-            UUID(str(s.originator_id)): position
-            for s, position in zip(stored, positions, strict=True)
-            if s.topic == RequestMarker.Created.TOPIC
+            s.originator_id if isinstance(s.originator_id, UUID) else UUID(s.originator_id): n
+            for s, n in zip(stored, positions, strict=True)
+            if s.topic == marker
         }
 
     def _act(self, command: c.Command, actor: Actor, request_id: str) -> Act:
