@@ -13,7 +13,6 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from ledger.application.app import Actor, MarketLedger
-from ledger.application.group_commit import GroupCommit
 from ledger.application.parse import parse_enum, parse_uuid
 from ledger.domain.base import LedgerAggregate
 from ledger.domain.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
@@ -23,13 +22,7 @@ from ledger.domain.participant import Participant
 from ledger.domain.trade import Trade
 from ledger.domain.values import DeliveryMode
 from ledger.projections.access import Decision as AccessDecision
-from ledger.projections.access import (
-    check_access,
-    decide,
-    exchange_of,
-    grant_rows_of_pairs_query,
-    grant_rows_query,
-)
+from ledger.projections.access import check_access, decide, exchange_of, grant_rows_query
 from ledger.projections.catalogue import list_ids
 from ledger.projections.compliance import Compliance, Report, record_rejection, time_text
 from ledger.projections.db import Database, Row
@@ -40,8 +33,6 @@ A = TypeVar("A", bound=LedgerAggregate)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-# At most this many CheckAccess calls share one read (see Queries.check_access).
-MAX_CHECKS_PER_READ = 64
 
 log = structlog.get_logger(__name__)
 
@@ -113,9 +104,6 @@ class Queries:
         self.projections = projections
         self.consistency_timeout_s = consistency_timeout_s
         self.head_sql = head_statement(app.recorder, projections.db)
-        self._checks: GroupCommit[tuple[str, str], tuple[list[Row], int]] = GroupCommit(
-            self._grant_rows_of_pairs, MAX_CHECKS_PER_READ
-        )
         app.rejection_listeners.append(self.record_rejection)
 
     def page(
@@ -270,16 +258,11 @@ class Queries:
             return self._check_access_in_steps(
                 grantee_id, listing_id, mode, scenario, moment, as_of, as_of_position, actor
             )
-        if as_of_position is None and as_of is None:
-            # Checks at the head that arrive together share one read: the statement's
-            # head is read after each of them began, so it fences them all.
-            ((rows, position),) = self._checks.submit([(grantee_id, listing_id)])
-        else:
-            rows, position = self._fenced_rows(
-                "access",
-                lambda t: grant_rows_query(t, grantee_id, listing_id, as_of_position, as_of),
-                as_of_position,
-            )
+        rows, position = self._fenced_rows(
+            "access",
+            lambda t: grant_rows_query(t, grantee_id, listing_id, as_of_position, as_of),
+            as_of_position,
+        )
         if actor.venues is not None:
             exchange_id = exchange_of(rows)
             if exchange_id is None:
@@ -289,18 +272,6 @@ class Queries:
                 raise NotFound("listing", listing_id, "listing_id")
         decision = decide(rows, mode, scenario, moment)
         return decision, as_of_position if as_of_position is not None else position
-
-    def _grant_rows_of_pairs(self, pairs: list[tuple[str, str]]) -> list[tuple[list[Row], int]]:
-        """The grant rows at the head of each (grantee_id, listing_id) pair, read at once,
-        and the position they reflect."""
-        slots = 1 << (len(pairs) - 1).bit_length()
-        rows, position = self._fenced_rows(
-            "access", lambda t: grant_rows_of_pairs_query(t, pairs, slots), None
-        )
-        found: list[list[Row]] = [[] for _ in pairs]
-        for row in rows:
-            found[row[0]].append(row[1:])
-        return [(grants, position) for grants in found]
 
     def _check_access_in_steps(
         self,

@@ -286,42 +286,13 @@ def grant_rows_query(
             state.append("s.from_time <= ? AND (s.until_time IS NULL OR s.until_time > ?)")
             params += [as_of_time, as_of_time]
     sql = (
-        f"SELECT {_GRANT_COLUMNS.format(units=units)} "
+        "SELECT g.grant_id, g.scenario, g.delivery_mode, g.valid_from, g.valid_until, "
+        f"g.usage_limit, {units} AS units, s.state, s.rule, g.granted_position, "
+        "s.from_position, g.exchange_id "
         f"FROM {t(GRANTS)} g JOIN {t(STATES)} s ON {' AND '.join(state)} "
         "WHERE g.grantee_id = ? AND g.listing_id = ?"
     )
     return sql, [*params, grantee_id, listing_id]
-
-
-# The columns of a grant row, as decide() reads them.
-_GRANT_COLUMNS = (
-    "g.grant_id, g.scenario, g.delivery_mode, g.valid_from, g.valid_until, "
-    "g.usage_limit, {units} AS units, s.state, s.rule, g.granted_position, "
-    "s.from_position, g.exchange_id"
-)
-
-
-def grant_rows_of_pairs_query(
-    t: Tables, pairs: Sequence[tuple[str, str]], slots: int
-) -> tuple[str, list[Any]]:
-    """The query and parameters of :func:`grant_rows_query` at the head for several
-    (grantee_id, listing_id) pairs at once: each row starts with the index of its pair.
-
-    The pairs fill ``slots`` rows of a VALUES list (the rest match nothing), so that a few
-    slot counts make the only statements a store prepares."""
-    if len(pairs) > slots:
-        raise ValueError(f"{len(pairs)} pairs do not fit in {slots} slots")
-    params: list[Any] = []
-    for index, (grantee_id, listing_id) in enumerate(pairs):
-        params += [index, grantee_id, listing_id]
-    params += [-1, "", ""] * (slots - len(pairs))
-    sql = (
-        f"WITH q(i, grantee_id, listing_id) AS (VALUES {', '.join(['(?, ?, ?)'] * slots)}) "
-        f"SELECT q.i, {_GRANT_COLUMNS.format(units='g.units_used')} FROM q "
-        f"JOIN {t(GRANTS)} g ON g.grantee_id = q.grantee_id AND g.listing_id = q.listing_id "
-        f"JOIN {t(STATES)} s ON s.grant_id = g.grant_id AND s.until_position IS NULL"
-    )
-    return sql, params
 
 
 def exchange_of(rows: Sequence[Sequence[Any]]) -> str | None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -19,7 +18,7 @@ from ledger.application.queries import Queries
 from ledger.bootstrap import build_application, build_projections, postgres_conninfo, store_env
 from ledger.clock import FakeClock
 from ledger.domain.errors import NotFound, Unavailable
-from ledger.projections.access import Decision, grant_rows_of_pairs_query, grant_rows_query
+from ledger.projections.access import Decision
 from ledger.projections.db import PostgresDatabase
 from ledger.projections.engine import ProjectionManager
 from ledger.settings import Settings
@@ -159,77 +158,6 @@ class CheckAccessContract:
                 check(queries, market, listing, actor=elsewhere)
         # An unscoped caller learns only that there is no grant.
         assert check(queries, market, rid())[0].reason == "NO_GRANT"
-
-    @pytest.mark.parametrize("slots", [4, 8])
-    def test_grant_rows_of_pairs_are_each_pairs_grant_rows(
-        self,
-        apps: tuple[MarketLedger, MarketLedger],
-        engines: Callable[[MarketLedger], ProjectionManager],
-        clock: FakeClock,
-        slots: int,
-    ) -> None:
-        app, _ = apps
-        market = new_market(app, clock)
-        listing_id, trade_id, _ = market.granted()
-        market.grant(trade_id)
-        ungranted = market.listed()
-        engine = engines(app)
-        engine.catch_up()
-        tables = engine.live(ACCESS).tables
-        buyer = market.ids["buyer"]
-        pairs = [(buyer, listing_id), (buyer, ungranted), (rid(), listing_id), (buyer, listing_id)]
-        sql, params = grant_rows_of_pairs_query(tables, pairs, slots)
-        by_pair: dict[int, list[tuple[object, ...]]] = {i: [] for i in range(len(pairs))}
-        for row in engine.db.query(sql, params):
-            by_pair[row[0]].append(tuple(row[1:]))
-        for index, (grantee_id, listing) in enumerate(pairs):
-            one_sql, one_params = grant_rows_query(tables, grantee_id, listing)
-            alone = sorted(tuple(row) for row in engine.db.query(one_sql, one_params))
-            assert sorted(by_pair[index]) == alone
-        assert len(by_pair[0]) == 2
-        assert by_pair[1] == by_pair[2] == []
-
-    def test_checks_that_arrive_together_share_reads_and_answer_as_alone(
-        self,
-        apps: tuple[MarketLedger, MarketLedger],
-        engines: Callable[[MarketLedger], ProjectionManager],
-        clock: FakeClock,
-        monkeypatch: pytest.MonkeyPatch,
-    ) -> None:
-        app, _ = apps
-        market = new_market(app, clock)
-        granted, _, _ = market.granted()
-        revoked, _, grant_id = market.granted()
-        market.run(c.RevokeAccess(request_id=rid(), grant_id=grant_id, reason="MISUSE_DETECTED"))
-        listings = [granted, revoked, market.listed(), rid()]
-        engine = engines(app)
-        engine.catch_up()
-        queries = Queries(app, engine)
-        alone = {listing: check(queries, market, listing)[0] for listing in listings}
-        reads = []
-        query = engine.db.query
-
-        def slow_query(sql: str, params: Sequence[object] = ()) -> list[Any]:
-            reads.append(sql)
-            time.sleep(0.02)  # long enough for the other threads to queue behind it
-            return query(sql, params)
-
-        monkeypatch.setattr(engine.db, "query", slow_query)
-        answers: dict[int, tuple[Decision, int]] = {}
-
-        def ask(n: int) -> None:
-            answers[n] = check(queries, market, listings[n % len(listings)])
-
-        threads = [threading.Thread(target=ask, args=(n,)) for n in range(24)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(DEADLINE_S)
-        assert len(answers) == 24
-        for n, (decision, position) in answers.items():
-            assert decision == alone[listings[n % len(listings)]]
-            assert position >= market.head
-        assert len(reads) < 24
 
     def test_checks_answer_the_same_across_a_rebuild_of_the_access_projection(
         self,
