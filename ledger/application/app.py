@@ -6,7 +6,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cache, partial
 from typing import Any, TypeVar, cast
@@ -247,11 +247,14 @@ class MarketLedger(Application[UUID]):
                 batch = _Batch(WorkingSet(reader, self.mapper, self._clean))
                 outer: _Batch | None = getattr(self._working, "batch", None)
                 self._working.batch = batch
+                # The batch's read and write on one connection, where the store has them.
+                one_connection = getattr(self.recorder, "one_connection", nullcontext)
                 try:
-                    batch.working.load(_named_ids(items))
-                    for command, actor in items:
-                        batch.run(partial(self._decide, command, actor))
-                    positions = self._write(batch)
+                    with one_connection():
+                        batch.working.load(_named_ids(items))
+                        for command, actor in items:
+                            batch.run(partial(self._decide, command, actor))
+                        positions = self._write(batch)
                 except IntegrityError:
                     # A concurrent writer got there first: run the batch again on the new
                     # state, after a little jittered backoff so racing writers fall out of

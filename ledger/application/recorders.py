@@ -11,11 +11,24 @@ those aggregates has moved on. The command is then retried against the new state
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, ProgrammingError, StoredEvent
+import psycopg
+from eventsourcing.persistence import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    StoredEvent,
+)
 from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteFactory
@@ -39,6 +52,30 @@ def array_literal(values: Iterable[UUID | int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+@contextmanager
+def _as_library_errors() -> Iterator[None]:
+    """psycopg's errors as the library's ``get_connection`` raises them (the callers
+    catch the library's), for a connection held across several uses."""
+    try:
+        yield
+    except psycopg.InterfaceError as e:
+        raise InterfaceError(str(e)) from e
+    except psycopg.OperationalError as e:
+        raise OperationalError(str(e)) from e
+    except psycopg.DataError as e:
+        raise DataError(str(e)) from e
+    except psycopg.IntegrityError as e:
+        raise IntegrityError(str(e)) from e
+    except psycopg.InternalError as e:
+        raise InternalError(str(e)) from e
+    except psycopg.ProgrammingError as e:
+        raise ProgrammingError(str(e)) from e
+    except psycopg.NotSupportedError as e:
+        raise NotSupportedError(str(e)) from e
+    except psycopg.DatabaseError as e:
+        raise DatabaseError(str(e)) from e
+
+
 def _as_uuid(value: UUID | str) -> UUID:
     return value if isinstance(value, UUID) else UUID(value)
 
@@ -55,6 +92,20 @@ def _fail(moved: list[UUID]) -> None:
 class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._held = threading.local()
+        take_connection = self.datastore.get_connection
+
+        @contextmanager
+        def get_connection() -> Iterator[Any]:
+            held = getattr(self._held, "connection", None)
+            if held is None:
+                with take_connection() as conn:
+                    yield conn
+            else:
+                with _as_library_errors():
+                    yield held
+
+        self.datastore.get_connection = get_connection  # type: ignore[method-assign]
         # One typed array per column instead of an array of the composite type: ids and
         # versions as array literals, topics and states in binary, without per-row text
         # escaping, which makes large batches several times cheaper to send.
@@ -122,6 +173,21 @@ class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
             msg = f"{len(ids)} notification ids for {len(stored_events)} events"
             raise ProgrammingError(msg)
         return ids
+
+    @contextmanager
+    def one_connection(self) -> Iterator[None]:
+        """Within the block, this thread's reads and writes take one connection from the
+        pool: a batch's read and write then cost one checkout (and one liveness check of
+        the connection, a round trip) instead of one each."""
+        if getattr(self._held, "connection", None) is not None:
+            yield
+            return
+        with self.datastore.get_connection() as conn:
+            self._held.connection = conn
+            try:
+                yield
+            finally:
+                self._held.connection = None
 
     def select_events_after(self, after: After) -> EventsById:
         found: EventsById = {}

@@ -10,6 +10,7 @@ from multiprocessing.synchronize import Barrier
 from urllib.parse import urlsplit
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 
 from ledger.application import commands as c
 from ledger.application.app import Actor
@@ -138,3 +139,30 @@ def test_an_unreachable_database_at_start_is_unavailable() -> None:
         build_application(
             Settings(database_url="postgresql://postgres@127.0.0.1:1/test", connect_timeout_s=1)
         )
+
+
+def test_a_batch_reads_and_writes_on_one_connection_and_conflicts_still_retry(
+    pg_schema_url: str,
+) -> None:
+    clock = FakeClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
+    app = build_application(Settings(database_url=pg_schema_url), clock=clock)
+    try:
+        market = new_market(app, clock)
+        listing_id = market.listed()
+        pool = app.recorder.datastore.pool  # type: ignore[attr-defined]
+        before = pool.get_stats().get("requests_num", 0)
+        sale = market.sale_command(listing_id)
+        outcome = market.run(sale)
+        assert pool.get_stats().get("requests_num", 0) - before == 1
+        # On a held connection a unique-key failure is still the library's
+        # IntegrityError, which a batch catches to run again on the new state.
+        recorder = app.recorder
+        (first,) = recorder.select_events(outcome.resource.id, limit=1)
+        with recorder.one_connection(), pytest.raises(IntegrityError):  # type: ignore[attr-defined]
+            recorder.insert_events([first])
+        settle = c.SettleTrade(
+            request_id=rid(), trade_id=str(outcome.resource.id), settlement_ref="S-1"
+        )
+        assert market.run(settle).position > 0
+    finally:
+        app.close()
