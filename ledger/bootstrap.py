@@ -200,9 +200,15 @@ def build_projections(settings: Settings, app: MarketLedger) -> ProjectionManage
         schema = env.get("POSTGRES_SCHEMA", "public")
         # A read (CheckAccess) holds a connection for one statement; as many as the event
         # store's pool, since every server replica's connections count against the
-        # database's limit.
+        # database's limit. A read waits for a connection no longer than one takes to
+        # open: while the database is down, a few reads stuck in the pool would otherwise
+        # hold the server's read threads past their callers' deadlines.
         db = PostgresDatabase(
-            conninfo, schema, check=app.guard.check, read_pool_size=settings.pool_size
+            conninfo,
+            schema,
+            check=app.guard.check,
+            read_pool_size=settings.pool_size,
+            pool_timeout_s=max(1.0, settings.connect_timeout_s),
         )
         leases = PostgresLeases(conninfo, schema)
     elif module == "eventsourcing.sqlite":

@@ -315,10 +315,12 @@ class PostgresDatabase:
         pool_size: int = 4,
         check: Callable[[], None] | None = None,
         read_pool_size: int = 4,
+        pool_timeout_s: float = 5.0,
     ) -> None:
         from psycopg_pool import ConnectionPool
 
         self.conninfo = conninfo
+        self._pool_timeout_s = pool_timeout_s
         self.schema = schema
         self._check = check
         self.pool = ConnectionPool(
@@ -327,7 +329,7 @@ class PostgresDatabase:
             max_size=pool_size,
             kwargs={"options": f"-c search_path={schema}", "autocommit": False},
             open=True,
-            timeout=5,
+            timeout=pool_timeout_s,
         )
         self._read_pool_size = read_pool_size
         self._readers: ConnectionPool | None = None
@@ -349,7 +351,7 @@ class PostgresDatabase:
                         max_size=self._read_pool_size,
                         kwargs={"options": f"-c search_path={self.schema}", "autocommit": True},
                         open=True,
-                        timeout=5,
+                        timeout=self._pool_timeout_s,
                     )
         return readers
 

@@ -206,6 +206,8 @@ class Load:
         reads = self.reads(writer)
         pending: Command | None = None
         serial = 0
+        # Each call reads the next of the reads in turn, whether the database is up or not.
+        turn = writer
         while (pending is not None or not self.stop.is_set()) and not self.abandon.is_set():
             if pending is None:
                 serial += 1
@@ -227,7 +229,8 @@ class Load:
                     self.stubs.participants.RegisterParticipant,
                     pending.request,
                 )
-            self._call(writer, *reads[pending.attempts % len(reads)])
+            self._call(writer, *reads[turn % len(reads)])
+            turn += 1
             if sent is None:
                 # Failed: the same request again after a pause, as a careful client does.
                 self.abandon.wait(0.05)
@@ -385,8 +388,8 @@ def test_calls_fail_unavailable_while_postgres_is_down_and_the_server_recovers_b
     bugs = [a for a in load.attempts if a.code in BUG_CODES]
     assert not bugs, bugs[:5]
     assert any(a.method == "ReplayEvents" and a.code.name == "OK" for a in load.attempts)
-    failures = {a.code.name for a in load.attempts if a.code.name != "OK"}
-    assert failures <= {"UNAVAILABLE"}, codes
+    odd = [a for a in load.attempts if a.code.name not in ("OK", "UNAVAILABLE")]
+    assert not odd, (codes, odd[:5])
     slowest = max(a.ended - a.started for a in load.attempts)
     assert slowest <= DEADLINE_S + DEADLINE_MARGIN_S, f"a call took {slowest:.1f} s"
     report(
