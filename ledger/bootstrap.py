@@ -5,6 +5,7 @@ Nothing connects at import; entry points and tests call these functions.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from ledger.clock import Clock
 from ledger.domain.errors import InvalidArgument, Unavailable
 from ledger.projections.db import Database, PostgresDatabase, SqliteDatabase
 from ledger.projections.engine import ProjectionManager
-from ledger.projections.leases import AlwaysHeld, Leases, PostgresLeases
+from ledger.projections.leases import AlwaysHeld, Leases, PostgresLeases, lock_key
 from ledger.settings import Settings
 
 if TYPE_CHECKING:
@@ -168,16 +169,45 @@ CACHE_ENV = {
 }
 
 
+@contextmanager
+def one_setup_at_a_time(env: dict[str, str]) -> Iterator[None]:
+    """On PostgreSQL, lets one process at a time set up a store (its schema, the event
+    store's tables, type and function, the projections' tables). Run at once by two
+    processes, such statements fail even with IF NOT EXISTS ("duplicate key value",
+    "tuple concurrently updated"), and server replicas may well start together."""
+    if env["PERSISTENCE_MODULE"] != "eventsourcing.postgres":
+        yield
+        return
+    import psycopg
+
+    key = lock_key(env.get("POSTGRES_SCHEMA") or "public", "store set-up")
+    conninfo = postgres_conninfo(env, int(env["POSTGRES_CONNECT_TIMEOUT"]))
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True)
+    except psycopg.OperationalError as e:
+        raise Unavailable(f"PostgreSQL is unavailable: {e}") from e
+    with conn:
+        # A session lock: released by the unlock, or by the server if this process dies.
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            # If the connection is gone, so is the lock.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
 def build_application(settings: Settings, clock: Clock | None = None) -> MarketLedger:
     """Builds the ledger application on the configured event store."""
     env = {**store_env(settings), **CACHE_ENV}
     env["PERSISTENCE_MODULE"] = FENCED_FACTORIES[env["PERSISTENCE_MODULE"]]
-    ensure_schema(env)
     probe = store_probe(store_env(settings))
     if probe is not None:
         _reconnect_promptly()
     try:
-        app = MarketLedger(env=env, clock=clock)
+        with one_setup_at_a_time(store_env(settings)):
+            ensure_schema(env)
+            app = MarketLedger(env=env, clock=clock)
         if probe is not None:
             app.guard = StoreGuard(probe)
             _guard_connections(app)
@@ -218,7 +248,8 @@ def build_projections(settings: Settings, app: MarketLedger) -> ProjectionManage
     manager = ProjectionManager(
         db, EventLog(app.recorder), all_projections(settings), leases=leases
     )
-    manager.setup()
+    with one_setup_at_a_time(env):
+        manager.setup()
     app.write_listeners.append(lambda _position: manager.wake())
     return manager
 

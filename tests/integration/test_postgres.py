@@ -14,7 +14,7 @@ from eventsourcing.persistence import IntegrityError
 
 from ledger.application import commands as c
 from ledger.application.app import Actor
-from ledger.bootstrap import build_application
+from ledger.bootstrap import build_application, build_projections
 from ledger.clock import FakeClock
 from ledger.domain.errors import Conflict, LedgerError, RuleViolation, Unavailable
 from ledger.domain.listing import Listing
@@ -93,6 +93,48 @@ def test_r10_two_processes_racing_transfers_of_hold_have_exactly_one_winner(
         for w in workers:
             w.join(timeout=30)
     assert all(w.exitcode == 0 for w in workers)
+
+
+SETUP_PROCESSES = 6
+
+
+def _setup_worker(
+    database_url: str,
+    barrier: Barrier,
+    results: multiprocessing.Queue,  # type: ignore[type-arg]
+) -> None:
+    """Sets up the store as a starting server does, at the same moment as the others."""
+    settings = Settings(database_url=database_url)
+    barrier.wait(timeout=60)
+    try:
+        app = build_application(settings)
+        manager = build_projections(settings, app)
+        manager.leases.release()
+        manager.db.close()
+        app.close()
+        results.put("ok")
+    except Exception as e:
+        results.put(repr(e))
+
+
+def test_processes_that_set_up_one_new_store_at_once_all_start(pg_schema_url: str) -> None:
+    # Run at once, the set-up statements failed ("duplicate key value", "tuple
+    # concurrently updated") in three of five trials of eight processes.
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(SETUP_PROCESSES)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_setup_worker, args=(pg_schema_url, barrier, results))
+        for _ in range(SETUP_PROCESSES)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        outcomes = [results.get(timeout=120) for _ in workers]
+    finally:
+        for w in workers:
+            w.join(timeout=30)
+    assert outcomes == ["ok"] * SETUP_PROCESSES
 
 
 def test_a_database_outage_is_unavailable_and_the_application_recovers(
