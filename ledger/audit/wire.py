@@ -283,22 +283,51 @@ def encode_event(event: Mapping[str, Any], chain_hash: str) -> bytes:
     effective = recorded if effective_text == recorded_text else _timestamp(effective_text)
     kinds = (event["aggregate_type"], event["type"])
     actor = (event["actor"], event["role"])
+    return _framed(
+        event["position"],
+        event["aggregate_id"],
+        _kinds.get(kinds) or _cached(_kinds, kinds, _AGGREGATE_TYPE + _TYPE),
+        event["version"],
+        recorded,
+        effective,
+        _actors.get(actor) or _cached(_actors, actor, _ACTOR + _ROLE),
+        event["request_id"],
+        payload,
+        chain_hash,
+    )
+
+
+def _framed(
+    position: int,
+    aggregate_id: str,
+    kinds: bytes,
+    version: int,
+    recorded: bytes,
+    effective: bytes,
+    actor: bytes,
+    request_id: str,
+    payload: bytes,
+    chain_hash: str | None,
+) -> bytes:
+    """One framed ``Event`` from its fields, the repeated ones already encoded (``kinds``:
+    aggregate_type and type; ``actor``: actor and role; the two Timestamps; the Struct).
+    No ``chain_hash`` (None or empty) leaves the field unset."""
     body = b"".join(
         (
             _POSITION,
-            varint(event["position"]),
-            _text(_AGGREGATE_ID, event["aggregate_id"]),
-            _kinds.get(kinds) or _cached(_kinds, kinds, _AGGREGATE_TYPE + _TYPE),
+            varint(position),
+            _text(_AGGREGATE_ID, aggregate_id),
+            kinds,
             _VERSION,
-            varint(event["version"]),
+            varint(version),
             _RECORDED_AT,
             _VARINTS[len(recorded)],
             recorded,
             _EFFECTIVE_AT,
             _VARINTS[len(effective)],
             effective,
-            _actors.get(actor) or _cached(_actors, actor, _ACTOR + _ROLE),
-            _text(_REQUEST_ID, event["request_id"]),
+            actor,
+            _text(_REQUEST_ID, request_id),
             _PAYLOAD,
             varint(len(payload)),
             payload,
@@ -356,30 +385,20 @@ def encode_rows(rows: Iterable[LinkedRow]) -> list[bytes]:
             last_time, last_timestamp = recorded_at, _timestamp(recorded_at)
         recorded = last_timestamp
         effective_ts = recorded if effective_at == recorded_at else _timestamp(effective_at)
-        payload = _struct(data)
-        body = b"".join(
-            (
-                _POSITION,
-                varint(position),
-                _text(_AGGREGATE_ID, aggregate_id),
+        append(
+            _framed(
+                position,
+                aggregate_id,
                 kinds,
-                _VERSION,
-                varint(version),
-                _RECORDED_AT,
-                _VARINTS[len(recorded)],
+                version,
                 recorded,
-                _EFFECTIVE_AT,
-                _VARINTS[len(effective_ts)],
                 effective_ts,
                 actors.get(actor) or _cached(actors, actor, _ACTOR + _ROLE),
-                _text(_REQUEST_ID, request_id),
-                _PAYLOAD,
-                varint(len(payload)),
-                payload,
-                _text(_CHAIN_HASH, chain_hash) if chain_hash else b"",
+                request_id,
+                _struct(data),
+                chain_hash,
             )
         )
-        append(_EVENTS + varint(len(body)) + body)
     return framed
 
 
