@@ -356,27 +356,41 @@ def test_with_usual_gaps_a_wider_gap_is_reported_as_deleted_or_changed(path: Pat
     assert "or this event's content was changed" in failure.message
 
 
+def gapped_export(rng: random.Random, seed: int, gaps: list[int]) -> Export:
+    """An export of EVENTS events whose positions step by gaps drawn from ``gaps``."""
+    events = list(synthetic_events(EVENTS, seed=seed))
+    position = 0
+    for event in events:
+        position += rng.choice(gaps)
+        event["position"] = position
+    return make_export(events, Ed25519Signer.generate())
+
+
+def tamper(lines: list[bytes], rng: random.Random, kind: int) -> list[bytes]:
+    """A copy of ``lines`` with one line changed (kind 0), deleted (1), inserted again
+    (2), swapped with the next (3) or replaced by one that is not JSON (4)."""
+    index = rng.randrange(EVENTS - 1)
+    tampered = list(lines)
+    match kind:
+        case 0:
+            tampered[index] = tampered[index].replace(b'"type":"', b'"type":"X')
+        case 1:
+            del tampered[index]
+        case 2:
+            tampered.insert(index, lines[rng.randrange(EVENTS)])
+        case 3:
+            tampered[index], tampered[index + 1] = tampered[index + 1], tampered[index]
+        case _:
+            tampered[index] = b"{not json\n"
+    return tampered
+
+
 def test_with_irregular_gaps_every_tamper_is_found_at_the_exact_line(path: Path) -> None:
     # Markers and rolled-back writes leave gaps of their own in a real log.
     rng = random.Random(1107)
-    events = list(synthetic_events(EVENTS, seed=8))
-    position = 0
-    for event in events:
-        position += rng.choice([1, 1, 2, 2, 3, 7])
-        event["position"] = position
-    built = make_export(events, Ed25519Signer.generate())
+    built = gapped_export(rng, 8, [1, 1, 2, 2, 3, 7])
     for trial in range(4 * TRIALS):
-        index = rng.randrange(EVENTS - 1)
-        tampered = list(built.lines)
-        match trial % 4:
-            case 0:
-                tampered[index] = tampered[index].replace(b'"type":"', b'"type":"X')
-            case 1:
-                del tampered[index]
-            case 2:
-                tampered.insert(index, built.lines[rng.randrange(EVENTS)])
-            case _:
-                tampered[index], tampered[index + 1] = tampered[index + 1], tampered[index]
+        tampered = tamper(built.lines, rng, trial % 4)
 
         failure = verify_lines(path, tampered, built).failure
 
@@ -390,33 +404,16 @@ def test_chunks_checked_in_processes_give_the_result_of_one_pass(
     if processes != "one process":
         pytest.skip("compares both ways itself")
     rng = random.Random(1109)
-    events = list(synthetic_events(EVENTS, seed=9))
-    position = 0
-    for event in events:
-        # Wide gaps now and then, so that the widest gap before a fault is often one
-        # between two chunks.
-        position += rng.choice([1, 1, 2, 3, 5, 9, 20, 40])
-        event["position"] = position
-    built = make_export(events, Ed25519Signer.generate())
+    # Wide gaps now and then, so that the widest gap before a fault is often one between
+    # two chunks.
+    built = gapped_export(rng, 9, [1, 1, 2, 3, 5, 9, 20, 40])
     checkpoint_at = rng.randrange(EVENTS)
     line = orjson.loads(built.lines[checkpoint_at])
     early = sign_checkpoint(
         built.signer, "ledger-1", line["position"], line["chain_hash"], SIGNED_AT
     )
     for trial in range(2 * TRIALS):
-        index = rng.randrange(EVENTS - 1)
-        tampered = list(built.lines)
-        match trial % 5:
-            case 0:
-                tampered[index] = tampered[index].replace(b'"type":"', b'"type":"X')
-            case 1:
-                del tampered[index]
-            case 2:
-                tampered.insert(index, built.lines[rng.randrange(EVENTS)])
-            case 3:
-                tampered[index], tampered[index + 1] = tampered[index + 1], tampered[index]
-            case _:
-                tampered[index] = b"{not json\n"
+        tampered = tamper(built.lines, rng, trial % 5)
         path.write_bytes(b"".join(tampered))
         for checkpoint in (built.checkpoint, early, None):
             one = verify_export(path, checkpoint, built.public_key)
