@@ -160,12 +160,18 @@ class SqliteDatabase:
         return conn
 
     @contextmanager
+    def _in_turn(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection; the shared in-memory one is used by one thread at a
+        time."""
+        if self._shared is None:
+            yield self._connection()
+            return
+        with self._shared_lock:
+            yield self._shared
+
+    @contextmanager
     def transaction(self) -> Iterator[WriteTx]:
-        conn = self._connection()
-        lock = self._shared_lock if self._shared is not None else None
-        if lock is not None:
-            lock.acquire()
-        try:
+        with self._in_turn() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield _SqliteTx(conn)
@@ -173,38 +179,21 @@ class SqliteDatabase:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        finally:
-            if lock is not None:
-                lock.release()
 
     @contextmanager
     def snapshot(self) -> Iterator[Tx]:
         """A read transaction: one consistent view of the database, no write lock."""
-        conn = self._connection()
-        lock = self._shared_lock if self._shared is not None else None
-        if lock is not None:
-            lock.acquire()
-        try:
+        with self._in_turn() as conn:
             conn.execute("BEGIN")
             try:
                 yield _SqliteTx(conn)
             finally:
                 conn.execute("ROLLBACK")
-        finally:
-            if lock is not None:
-                lock.release()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        conn = self._connection()
-        lock = self._shared_lock if self._shared is not None else None
-        if lock is not None:
-            lock.acquire()
-        try:
+        with self._in_turn() as conn:
             # In autocommit mode, so the statement is a read transaction of its own.
             return list(conn.execute(sql, params).fetchall())
-        finally:
-            if lock is not None:
-                lock.release()
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
