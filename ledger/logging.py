@@ -194,7 +194,7 @@ class _Writer:
     """Formats and writes the queued lines on a thread of its own, in batches; ``None``
     in the queue ends it."""
 
-    def __init__(self, lines: queue.Queue[_Queued], handler: logging.Handler):
+    def __init__(self, lines: queue.Queue[_Queued], handler: _LedgerHandler):
         self.lines = lines
         self._handler = handler
         self._thread = threading.Thread(target=self._run, name="ledger-log-writer", daemon=True)
@@ -209,22 +209,15 @@ class _Writer:
             records: list[logging.LogRecord] = []
             for item in batch:
                 if item is None or isinstance(item, _Flushed):
-                    self._write(records)
+                    self._handler.handle_all(records)
                     records = []
                     if item is None:
                         return
                     item.set()
                 else:
                     records.append(item.record() if isinstance(item, _Line) else item)
-            self._write(records)
-            time.sleep(WRITER_PAUSE_S)
-
-    def _write(self, records: list[logging.LogRecord]) -> None:
-        if isinstance(self._handler, _LedgerHandler):
             self._handler.handle_all(records)
-        else:
-            for record in records:
-                self._handler.handle(record)
+            time.sleep(WRITER_PAUSE_S)
 
     def flush(self) -> None:
         """Returns once every line queued before the call is written."""
@@ -247,7 +240,7 @@ class _Background(logging.handlers.QueueHandler):
     that logged it; when the queue is full the record is dropped and counted, and the
     writer reports the count with its next line."""
 
-    def __init__(self, handler: logging.Handler) -> None:
+    def __init__(self, handler: _LedgerHandler) -> None:
         lines: queue.Queue[_Queued] = queue.Queue(BACKGROUND_QUEUE_LINES)
         super().__init__(lines)
         self.dropped = 0

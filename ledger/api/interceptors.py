@@ -333,6 +333,10 @@ class LedgerInterceptor(grpc.ServerInterceptor):
         elif context.code() is None:
             context.abort_with_status(to_grpc_status(exc))
 
+    def started(self, call: Call) -> Token[Mapping[str, Any]]:
+        """Binds the RPC's log context; returns the token that ends it."""
+        return self._log.started(call)
+
     def finished(
         self, call: Call, context: grpc.ServicerContext, exc: BaseException | None
     ) -> None:
@@ -358,7 +362,7 @@ class _Scope:
 
     def __enter__(self) -> Call:
         _calls[self._context] = self.call
-        self._token = self._interceptor._log.started(self.call)
+        self._token = self._interceptor.started(self.call)
         return self.call
 
     def __exit__(
