@@ -235,13 +235,13 @@ def _encode(reader: AuditReader, query: ReplayQuery, span: Span) -> list[bytes]:
 
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     """A worker's loop: the store's address, then spans until the end of the input."""
-    from ledger.projections.parallel import bulk_gc
+    from ledger import collector
 
     # The input is the server's, which started this process.
     store: StoreAddress = pickle.load(requests)  # noqa: S301
     reader, close = open_reader(store)
     try:
-        with bulk_gc():
+        with collector.bulk():
             while True:
                 try:
                     query, span = pickle.load(requests)  # noqa: S301

@@ -12,16 +12,15 @@ database), so the result never depends on a worker finishing.
 
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
+from ledger import collector
 from ledger.projections.engine import ProjectionManager
 from ledger.settings import Settings
 
@@ -63,22 +62,6 @@ def default_processes() -> int:
         return os.cpu_count() or 1
 
 
-@contextmanager
-def bulk_gc() -> Iterator[None]:
-    """Collects garbage less often while batches of decoded events come and go: the
-    objects alive before are frozen (a full collection no longer walks them) and the
-    youngest generation is collected after 50,000 allocations instead of 700. A batch's
-    events are freed by reference counting; cycles are rare and still collected."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(50_000, threshold[1], threshold[2])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
-
-
 def catch_up(
     settings: Settings,
     manager: ProjectionManager,
@@ -95,13 +78,13 @@ def catch_up(
     wanted = default_processes() if processes is None else processes
     count = min(wanted, max(1, _lag(manager) // max(1, min_events_per_worker)))
     if settings.database_url.startswith("memory:") or count < 2:
-        with bulk_gc():
+        with collector.bulk():
             manager.catch_up(timeout_s)
         return
     mine, *theirs = groups(names, count)
     workers = [_start(settings, group, timeout_s) for group in theirs]
     try:
-        with bulk_gc():
+        with collector.bulk():
             manager.catch_up(timeout_s, mine, drop=False)
         for worker in workers:
             worker.wait(max(0.0, deadline - time.monotonic()))
@@ -113,7 +96,7 @@ def catch_up(
                 worker.kill()
                 worker.wait()
     # What a worker left (it died, or the database failed it) is folded here.
-    with bulk_gc():
+    with collector.bulk():
         manager.catch_up(max(1.0, deadline - time.monotonic()))
 
 
@@ -153,7 +136,7 @@ def _work(settings: Settings, names: list[str], timeout_s: float) -> None:
     try:
         manager = build_projections(settings, app)
         try:
-            with bulk_gc():
+            with collector.bulk():
                 manager.catch_up(timeout_s, names, drop=False)
         finally:
             manager.leases.release()

@@ -32,3 +32,13 @@ def test_settling_freezes_what_is_loaded_and_raises_the_young_threshold() -> Non
     cycle.append(cycle)
     del cycle
     assert gc.collect() >= 1
+
+
+@pytest.mark.usefixtures("restored_collector")
+def test_bulk_work_collects_less_often_and_restores_the_settings_after() -> None:
+    before = gc.get_threshold()
+    with collector.bulk():
+        assert gc.get_threshold() == (collector.BULK_YOUNG_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
