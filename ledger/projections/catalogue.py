@@ -111,12 +111,15 @@ class Catalogue:
                 "state TEXT NOT NULL, position BIGINT NOT NULL)"
             )
             tx.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {t(table)}_pos ON {t(table)} (position)")
-            for column in columns:
-                if column.endswith("_id") or column in ("category", "classification"):
-                    tx.execute(
-                        f"CREATE INDEX IF NOT EXISTS {t(table)}_{column} "
-                        f"ON {t(table)} ({column}, position)"
-                    )
+
+    def indexes(self, t: Tables) -> list[str]:
+        """The filters of the list queries (the fold reads rows by id alone)."""
+        return [
+            f"CREATE INDEX IF NOT EXISTS {t(table)}_{column} ON {t(table)} ({column}, position)"
+            for table, columns in COLUMNS.items()
+            for column in columns
+            if column.endswith("_id") or column in ("category", "classification")
+        ]
 
     def apply(self, tx: WriteTx, t: Tables, events: Sequence[CanonicalEvent]) -> None:
         # Rows created in this batch are changed in memory before they are inserted; rows

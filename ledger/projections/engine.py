@@ -79,7 +79,13 @@ class Projection(Protocol):
     reads of the log shared with projections that fold every event decode them all.
     ``writes_after_reads`` true says that its fold writes only with ``insert_rows``,
     ``update_rows`` and ``executemany``, after all its reads: on SQLite the engine then
-    folds a batch before it takes the write lock (see ``_fold_first``)."""
+    folds a batch before it takes the write lock (see ``_fold_first``).
+    ``indexes(t)``, if it has one, gives the ``CREATE INDEX IF NOT EXISTS`` statements of
+    the indexes that only its queries use (its fold must not need them): the engine
+    creates them once the generation has caught up with the log, in the transaction of
+    the batch that reaches the head (so before a rebuilt generation goes live), instead
+    of maintaining them row by row through a catch-up; building an index over the rows
+    at once costs a fraction of that."""
 
     name: ClassVar[str]
     version: ClassVar[int]
@@ -93,6 +99,10 @@ class Projection(Protocol):
 
     def tables(self) -> Sequence[str]:
         """The table names (without prefix), for digests and for dropping retired ones."""
+
+
+def _no_indexes(t: Tables) -> Sequence[str]:
+    return ()
 
 
 # Errors of a database that cannot be reached right now (as opposed to a fold's bug).
@@ -244,6 +254,8 @@ class ProjectionManager:
         self._skipped: dict[frozenset[str], frozenset[str]] = {}
         # Projections whose folds cannot be recorded (see ``_fold_first``).
         self._unrecordable: set[str] = set()
+        # Generations whose query indexes this process has created (see ``Projection``).
+        self._indexed: set[tuple[str, int]] = set()
 
     # --- registry -------------------------------------------------------------------
 
@@ -459,7 +471,9 @@ class ProjectionManager:
         """Applies events and advances the position in one transaction; 0 if another
         worker advanced the generation first (nothing is then written)."""
         projection = self.projection(gen.name)
-        switch = not gen.live and last >= max(gen.target, self.log.head())
+        caught_up = last >= max(gen.target, self.log.head())
+        switch = not gen.live and caught_up
+        index = caught_up and (gen.name, gen.generation) not in self._indexed
         folded = self._fold_first(gen, projection, events, last)
         with self.db.transaction() as tx:
             # The position moves first: a worker that lost the race stops here, before
@@ -493,6 +507,9 @@ class ProjectionManager:
             except Exception as error:
                 position = int(events[0]["position"]) if events else last
                 raise ProjectionFailed(position, error) from error
+            if index:
+                for statement in getattr(projection, "indexes", _no_indexes)(gen.tables):
+                    tx.execute(statement)
             if switch:
                 tx.execute(
                     "UPDATE projection_generations SET live = 0, state = ?, updated_at = ? "
@@ -503,6 +520,8 @@ class ProjectionManager:
                     "UPDATE projection_generations SET live = 1 WHERE name = ? AND generation = ?",
                     (gen.name, gen.generation),
                 )
+        if index:
+            self._indexed.add((gen.name, gen.generation))
         if switch:
             self._live_cache.pop(gen.name, None)
         return last - gen.position

@@ -673,3 +673,70 @@ def test_a_runner_that_gathers_pauses_after_a_short_batch_and_not_after_a_full_o
     # last position) by the gathering pause.
     assert stop.waits == [0.2]
     assert manager.live(NAME, max_age_s=0).position == market.head
+
+
+# --- query indexes ----------------------------------------------------------------------
+
+
+class Indexed(Counter):
+    """The counter with an index that only queries use."""
+
+    def indexes(self, t: Tables) -> list[str]:
+        return [f"CREATE INDEX IF NOT EXISTS {t('applied')}_type ON {t('applied')} (type)"]
+
+
+def has_query_index(db: SqliteDatabase, gen: Generation) -> bool:
+    with db.transaction() as tx:
+        row = tx.fetchone(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = ?",
+            (gen.tables("applied") + "_type",),
+        )
+    assert row is not None
+    return bool(row[0])
+
+
+def test_a_rebuilt_generation_gets_its_query_indexes_in_the_batch_that_makes_it_live(
+    market: Market, log: EventLog, db: SqliteDatabase
+) -> None:
+    manager = open_manager(log, db, Indexed(), batch_size=6)
+    for _ in range(3):
+        market.listed()
+    manager.catch_up()
+    assert has_query_index(db, manager.live(NAME))
+
+    new = manager.rebuild(NAME)
+    observed: list[tuple[bool, bool]] = []
+    for _ in range(1000):
+        if not manager.run_once():
+            break
+        current = manager.generation(NAME, new.generation)
+        observed.append((current.live, has_query_index(db, current)))
+
+    # Built row by row through none of the rebuild's batches, present once it is live.
+    assert (False, False) in observed
+    assert (False, True) not in observed
+    assert observed[-1] == (True, True)
+    assert manager.digest(NAME) == fresh_digest(log)
+
+
+def test_a_live_generation_catching_up_gets_its_query_indexes_at_the_head_once(
+    market: Market, log: EventLog, db: SqliteDatabase
+) -> None:
+    for _ in range(3):
+        market.listed()
+    manager = open_manager(log, db, Indexed(), batch_size=6)
+    gen = manager.live(NAME, max_age_s=0)
+    assert gen.position == 0
+    manager.step(gen)
+    assert not has_query_index(db, manager.live(NAME, max_age_s=0))
+
+    manager.catch_up()
+    assert has_query_index(db, manager.live(NAME, max_age_s=0))
+    # Later batches at the head, and another process's engine, find them made.
+    market.listed()
+    manager.catch_up()
+    other = open_manager(log, db, Indexed(), batch_size=6)
+    market.listed()
+    other.catch_up()
+    assert other.applied(other.live(NAME, max_age_s=0)) == market.head
+    assert has_query_index(db, other.live(NAME, max_age_s=0))
