@@ -334,30 +334,34 @@ def _postgres_reader(recorder: Any) -> RowReader:
     from psycopg.rows import tuple_row
     from psycopg.sql import SQL, Identifier
 
-    # Without a stop, no upper bound at all: given one, the planner has been seen to
-    # estimate the rows of an open-ended range badly and sort instead of walking the index.
-    select_from = SQL(
+    # One open-ended statement, an upper bound applied to its rows: given a bound too
+    # (``notification_id <= stop``), the planner of a table without statistics (a store
+    # just loaded, with autovacuum off or not yet run) estimated the range's rows badly
+    # and sorted everything after ``after`` on disk instead of walking the index, for
+    # every batch. A range (after, stop] holds at most stop - after positions, so the
+    # first min(limit, stop - after) rows after ``after`` include the first ``limit`` of it.
+    open_ended = SQL(
         "SELECT notification_id, originator_id::text, originator_version, topic, state "
-        "FROM {schema}.{table} WHERE notification_id > %s"
+        "FROM {schema}.{table} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
     ).format(
         schema=Identifier(recorder.datastore.schema),
         table=Identifier(recorder.events_table_name),
     )
-    order = SQL(" ORDER BY notification_id LIMIT %s")
-    open_ended = select_from + order
-    bounded = select_from + SQL(" AND notification_id <= %s") + order
 
     # As the library's own reads: a connection lost since it was pooled is replaced.
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def select(after: int, limit: int, stop: int | None) -> Sequence[StoredRow]:
+        if stop is not None:
+            if stop <= after:
+                return []
+            limit = min(limit, stop - after)
         with recorder.datastore.transaction(commit=False) as cursor:
             cursor.row_factory = tuple_row
             # Binary results: the states arrive as bytes, not as hex text to decode.
-            if stop is None:
-                cursor.execute(open_ended, (after, limit), prepare=True, binary=True)
-            else:
-                cursor.execute(bounded, (after, stop, limit), prepare=True, binary=True)
+            cursor.execute(open_ended, (after, limit), prepare=True, binary=True)
             rows: list[StoredRow] = cursor.fetchall()
+        if stop is not None and rows and rows[-1][0] > stop:
+            rows = [row for row in rows if row[0] <= stop]
         return rows
 
     return select
