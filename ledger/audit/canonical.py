@@ -79,6 +79,24 @@ def canonical_bytes(event: Mapping[str, Any]) -> bytes:
         raise CanonicalizationError(str(error)) from error
 
 
+def json_canonical_bytes(event: dict[str, Any]) -> bytes:
+    """``canonical_bytes`` of a value made of JSON types only (dict, list, str, int,
+    float, bool, None: what ``orjson.loads`` returns), such as the canonical events that
+    the log's decoder builds, with a cheaper proof of the fast path.
+
+    Where orjson's output is all ASCII, every key is ASCII, so the two key orders agree;
+    JSON types leave floats as the only values the two serialise differently. So an
+    ASCII output of a float-free value is its JCS form, and anything else gets the full
+    proof. A value of another type (a datetime, a UUID) must go to ``canonical_bytes``:
+    orjson would serialise it where the reference refuses it.
+    """
+    if _orjson_agrees():
+        fast = _orjson_dumps(event)
+        if fast is not None and fast.isascii() and is_float_free(event):
+            return fast
+    return canonical_bytes(event)
+
+
 def fast_canonical_bytes(value: Mapping[str, Any]) -> bytes | None:
     """Returns the JCS bytes of ``value`` via orjson, or None where equality with
     ``rfc8785.dumps`` is not proven (the caller then uses the reference)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from hashlib import sha256
 from typing import Any, Final
 
@@ -28,11 +28,19 @@ class ChainBuilder:
     a chain that was built earlier.
     """
 
-    def __init__(self, head: bytes = GENESIS, position: int | None = None) -> None:
+    def __init__(
+        self,
+        head: bytes = GENESIS,
+        position: int | None = None,
+        encode: Callable[[Any], bytes] = canonical_bytes,
+    ) -> None:
+        """``encode`` gives an event's JCS bytes: ``canonical_bytes``, or for events of
+        JSON types only (the log decoder's), ``json_canonical_bytes``."""
         if len(head) != len(GENESIS):
             raise ValueError(f"a chain hash has 32 bytes, not {len(head)}")
         self._head = head
         self._position = position
+        self._encode = encode
 
     @property
     def head(self) -> bytes:
@@ -58,7 +66,7 @@ class ChainBuilder:
                 f"position {position} does not follow position {self._position}; "
                 "events must be folded in log order"
             )
-        self._head = next_hash(self._head, canonical_bytes(event))
+        self._head = next_hash(self._head, self._encode(event))
         self._position = position
         return self._head.hex()
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from ledger.application.events import CanonicalEvent
+from ledger.audit.canonical import json_canonical_bytes
 from ledger.audit.chain import GENESIS, ChainBuilder
 from ledger.projections.db import Tx, WriteTx
 from ledger.projections.engine import Tables
@@ -35,8 +36,11 @@ class AuditChain:
         last = tx.fetchone(
             f"SELECT position, chain_hash FROM {t('links')} ORDER BY position DESC LIMIT 1"
         )
+        # The events are the log decoder's, of JSON types only.
         builder = (
-            ChainBuilder() if last is None else ChainBuilder(bytes.fromhex(last[1]), int(last[0]))
+            ChainBuilder(encode=json_canonical_bytes)
+            if last is None
+            else ChainBuilder(bytes.fromhex(last[1]), int(last[0]), json_canonical_bytes)
         )
         tx.insert_rows(t("links"), ("position", "chain_hash"), list(builder.fold(events)))
 

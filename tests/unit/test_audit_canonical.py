@@ -25,6 +25,7 @@ from ledger.audit.canonical import (
     fast_canonical_bytes,
     format_time,
     is_float_free,
+    json_canonical_bytes,
     parse_time,
     parsed_is_plain,
 )
@@ -154,6 +155,36 @@ def test_parsed_values_that_pass_the_check_serialise_as_rfc8785(payload: dict[st
         except orjson.JSONEncodeError:
             fast = None
         assert fast == reference(parsed)
+
+
+@settings(max_examples=500, deadline=None)
+@given(canonical_events())
+def test_json_canonical_bytes_of_json_typed_events_equals_rfc8785_or_fails_as_it_does(
+    candidate: dict[str, Any],
+) -> None:
+    try:
+        parsed = orjson.loads(orjson.dumps(candidate))
+    except orjson.JSONEncodeError:
+        return  # not JSON at all (a lone surrogate or a huge integer)
+    expected = reference(parsed)
+    event("ascii" if orjson.dumps(parsed).isascii() else "not ascii")
+    if expected is None:
+        with pytest.raises(CanonicalizationError):
+            json_canonical_bytes(parsed)
+    else:
+        assert json_canonical_bytes(parsed) == expected
+
+
+def test_json_canonical_bytes_takes_the_full_proof_for_a_float_or_a_non_ascii_key() -> None:
+    plain = {"b": [1, {"c": "x"}], "a": "y", "n": None, "t": True}
+    # orjson writes 1e+21 where JCS writes 1e21; the key pair sorts apart by UTF-16.
+    declined = [{"f": 1e21}, {"\ue000": 1, "\U0001f600": 2}]
+    expected = [rfc8785.dumps(value) for value in (plain, *declined)]
+    with mock.patch("ledger.audit.canonical.rfc8785.dumps", wraps=rfc8785.dumps) as spy:
+        assert json_canonical_bytes(plain) == expected[0]
+        assert spy.call_count == 0
+        assert [json_canonical_bytes(value) for value in declined] == expected[1:]
+        assert spy.call_count == 2
 
 
 def all_scalar_values() -> list[list[str]]:
