@@ -190,6 +190,11 @@ class Access:
     def tables(self) -> Sequence[str]:
         return (GRANTS, STATES, USES)
 
+    def indexes(self, t: Tables) -> list[str]:
+        """The access checks' lookup (the fold finds grants by id alone)."""
+        grants = t(GRANTS)
+        return [f"CREATE INDEX IF NOT EXISTS {grants}_lookup ON {grants} (grantee_id, listing_id)"]
+
     def create(self, tx: Tx, t: Tables) -> None:
         grants, states, uses = t(GRANTS), t(STATES), t(USES)
         tx.execute(
@@ -199,9 +204,6 @@ class Access:
             "scenario TEXT NOT NULL, valid_from TEXT NOT NULL, valid_until TEXT, "
             "usage_limit BIGINT, uses BIGINT NOT NULL, units_used BIGINT NOT NULL, "
             "granted_position BIGINT NOT NULL, granted_time TEXT NOT NULL)"
-        )
-        tx.execute(
-            f"CREATE INDEX IF NOT EXISTS {grants}_lookup ON {grants} (grantee_id, listing_id)"
         )
         tx.execute(
             f"CREATE TABLE IF NOT EXISTS {states} ("
