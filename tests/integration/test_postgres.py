@@ -103,8 +103,10 @@ def _setup_worker(
     barrier: Barrier,
     results: multiprocessing.Queue,  # type: ignore[type-arg]
 ) -> None:
-    """Sets up the store as a starting server does, at the same moment as the others."""
-    settings = Settings(database_url=database_url)
+    """Sets up the store as a starting server does, at the same moment as the others
+    (with a small pool: the suite's other servers hold connections of their own, and
+    the database admits a hundred)."""
+    settings = Settings(database_url=database_url, pool_size=2)
     barrier.wait(timeout=60)
     try:
         app = build_application(settings)
