@@ -119,15 +119,33 @@ def store_probe(env: dict[str, str]) -> Callable[[], None] | None:
     whose waits and retries are what the guard exists to cut short)."""
     if env["PERSISTENCE_MODULE"] != "eventsourcing.postgres":
         return None
-    import psycopg
+    return _KeptProbe(postgres_conninfo(env, 1))
 
-    conninfo = postgres_conninfo(env, 1)
 
-    def probe() -> None:
-        with psycopg.connect(conninfo) as conn:
-            conn.execute("SELECT 1")
+class _KeptProbe:
+    """``SELECT 1`` on one connection kept between probes (a new connection each time
+    made the database start a backend process twice a second for every ledger process).
+    A failure on the kept connection is tried once more on a new one, because a server
+    that restarted has closed it; unacknowledged sends fail after a second."""
 
-    return probe
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._conn: Any = None
+
+    def __call__(self) -> None:
+        import psycopg
+
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = psycopg.connect(self._conninfo, autocommit=True, tcp_user_timeout=1000)
+            try:
+                self._conn.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                conn, self._conn = self._conn, None
+                conn.close()
+                if attempt == 2:
+                    raise
 
 
 def _reconnect_promptly() -> None:

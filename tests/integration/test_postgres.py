@@ -210,3 +210,39 @@ def test_a_batch_reads_and_writes_on_one_connection_and_conflicts_still_retry(
         assert market.run(settle).position > 0
     finally:
         app.close()
+
+
+def test_the_guard_probes_on_one_kept_connection_and_replaces_a_closed_one(
+    postgres_url: str,
+) -> None:
+    import psycopg
+
+    from ledger.bootstrap import store_env, store_probe
+
+    probe = store_probe(store_env(Settings(database_url=postgres_url)))
+    assert probe is not None
+
+    def backends() -> set[int]:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT 1' AND pid <> "
+                "pg_backend_pid()"
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    before = backends()
+    for _ in range(5):
+        probe()
+    kept = backends() - before
+    assert len(kept) == 1  # five probes, one backend
+    # A server that restarted has closed the kept connection: the next probe answers
+    # on a new one instead of reporting an outage.
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (kept.pop(),))
+    probe()
+    assert len(backends() - before) == 1
+    # Nothing listening: the probe fails.
+    down = store_probe(store_env(Settings(database_url="postgresql://postgres@127.0.0.1:1/test")))
+    assert down is not None
+    with pytest.raises(psycopg.OperationalError):
+        down()
