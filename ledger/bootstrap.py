@@ -23,6 +23,7 @@ from ledger.domain.errors import InvalidArgument, Unavailable
 from ledger.projections.db import Database, PostgresDatabase, SqliteDatabase
 from ledger.projections.engine import ProjectionManager
 from ledger.projections.leases import AlwaysHeld, Leases, PostgresLeases, lock_key
+from ledger.projections.listen import LogListener
 from ledger.settings import Settings
 
 if TYPE_CHECKING:
@@ -269,6 +270,10 @@ def build_projections(settings: Settings, app: MarketLedger) -> ProjectionManage
     with one_setup_at_a_time(env):
         manager.setup()
     app.write_listeners.append(lambda _position: manager.wake())
+    if module == "eventsourcing.postgres":
+        # Other processes' writes (replicas, a separate projection worker) wake it too.
+        channel: str = app.recorder.channel_name  # type: ignore[attr-defined]
+        manager.listener = LogListener(conninfo, channel, manager.wake)
     return manager
 
 

@@ -36,12 +36,17 @@ from ledger.application.events import (
 )
 from ledger.projections.db import Database, SqliteDatabase, Tx, WriteTx
 from ledger.projections.leases import AlwaysHeld, Leases, lock_key
+from ledger.projections.listen import LogListener
 
 LIVE = "LIVE"
 CATCHING_UP = "CATCHING_UP"
 REBUILDING = "REBUILDING"
 FAILED = "FAILED"
 RETIRED = "RETIRED"
+
+# How often a runner with a listener polls the log while nothing is written: only a
+# safety net, as each write wakes it.
+LISTENING_IDLE_S = 1.0
 
 REGISTRY_DDL = """
 CREATE TABLE IF NOT EXISTS projection_generations (
@@ -256,6 +261,8 @@ class ProjectionManager:
         self._unrecordable: set[str] = set()
         # Generations whose query indexes this process has created (see ``Projection``).
         self._indexed: set[tuple[str, int]] = set()
+        # Wakes ``run_forever`` for other processes' writes (see ``listen``), if set.
+        self.listener: LogListener | None = None
 
     # --- registry -------------------------------------------------------------------
 
@@ -657,25 +664,35 @@ class ProjectionManager:
     ) -> None:
         """Follows the log until ``stop`` is set, waking at once when told of a write.
 
+        With a ``listener`` (another process's writes wake the engine at once), it polls
+        the log every ``LISTENING_IDLE_S`` while nothing is written, else every ``idle_s``.
         With ``gather_s``, a batch short of ``batch_size`` (the log is being written
         as it is followed) is followed by that long a pause, so that the next batch
         folds what was written meanwhile: fewer, larger batches, each a transaction and
         a read per projection, at the cost of that much more lag.
         """
-        while not stop.is_set():
-            try:
-                advanced = self.run_once()
+        listener = self.listener
+        if listener is not None:
+            listener.start()
+        try:
+            while not stop.is_set():
+                try:
+                    advanced = self.run_once()
+                    if not advanced:
+                        self.drop_retired()
+                except Exception:
+                    # E.g. the database is down: try again shortly; the runner must not die.
+                    advanced = 0
+                    stop.wait(0.5)
                 if not advanced:
-                    self.drop_retired()
-            except Exception:
-                # E.g. the database is down: try again shortly; the runner must not die.
-                advanced = 0
-                stop.wait(0.5)
-            if not advanced:
-                self._wake.wait(idle_s)
-                self._wake.clear()
-            elif gather_s and advanced < self.batch_size:
-                stop.wait(gather_s)
+                    listening = listener is not None and listener.listening
+                    self._wake.wait(LISTENING_IDLE_S if listening else idle_s)
+                    self._wake.clear()
+                elif gather_s and advanced < self.batch_size:
+                    stop.wait(gather_s)
+        finally:
+            if listener is not None:
+                listener.stop()
 
     def applied(self, gen: Generation) -> int:
         """The position a generation has applied, as fresh as this process knows it."""
