@@ -221,9 +221,8 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# A worker polls the log this often when idle, which bounds how far a read behind a
-# write waits for it; while the log is written, it leaves as long between batches to
-# fold more events per batch, which costs no more lag than the poll.
+# While the log is written, a worker leaves this long after a short batch to fold more
+# events per batch (fewer transactions), at the cost of that much more lag.
 WORKER_GATHER_S = 0.05
 
 
