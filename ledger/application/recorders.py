@@ -34,7 +34,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteFactory
 from eventsourcing.utils import Environment, EnvType
 from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 ReadVersions = Mapping[UUID, int]
 # ``select_events_after({aggregate_id: version})`` returns each aggregate's stored events
@@ -110,27 +110,36 @@ class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
         # One typed array per column instead of an array of the composite type: ids and
         # versions as array literals, topics and states in binary, without per-row text
         # escaping, which makes large batches several times cheaper to send.
-        self.insert_events_statement = SQL(
+        self.insert_events_statement = self._on_events(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
             "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %b::text[], %b::bytea[]) "
             "RETURNING notification_id"
-        ).format(
-            schema=Identifier(self.datastore.schema),
-            table=Identifier(self.events_table_name),
         )
         # Each aggregate's newer events by a probe of the events' key: a lateral subquery
         # that cannot be flattened (OFFSET 0) keeps the planner of a table without
         # statistics (a store just loaded, autovacuum off) from merging the ids with a
         # walk of the whole index instead, which grows with the store (25 ms a batch at
         # 100k events, against well under 1 ms).
-        self.select_events_after_statement = SQL(
+        self.select_events_after_statement = self._on_events(
             "SELECT e.originator_id, e.originator_version, e.topic, e.state "
             "FROM unnest(%s::uuid[], %s::bigint[]) AS r(id, version) "
             "CROSS JOIN LATERAL (SELECT originator_id, originator_version, topic, state "
             "FROM {schema}.{table} "
             "WHERE originator_id = r.id AND originator_version > r.version OFFSET 0) AS e "
             "ORDER BY e.originator_id, e.originator_version"
-        ).format(
+        )
+        # The read fence (see ``_insert_events``).
+        self.fence_statement = self._on_events(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+            "FROM {schema}.{table} e "
+            "JOIN unnest(%s::uuid[], %s::bigint[]) AS r(id, version) "
+            "ON e.originator_id = r.id AND e.originator_version = r.version + 1"
+        )
+
+    def _on_events(self, text: str) -> Composed:
+        """A statement on the events table, named ``{schema}.{table}`` in ``text``."""
+        return SQL(text).format(
             schema=Identifier(self.datastore.schema),
             table=Identifier(self.events_table_name),
         )
@@ -167,20 +176,7 @@ class FencedPostgresApplicationRecorder(PostgresApplicationRecorder):
         ids, versions = zip(*read_versions.items(), strict=True)
         with curs.connection.pipeline():
             self._lock_table(curs)
-            curs.execute(
-                SQL(
-                    "INSERT INTO {schema}.{table} "
-                    "(originator_id, originator_version, topic, state) "
-                    "SELECT e.originator_id, e.originator_version, e.topic, e.state "
-                    "FROM {schema}.{table} e "
-                    "JOIN unnest(%s::uuid[], %s::bigint[]) AS r(id, version) "
-                    "ON e.originator_id = r.id AND e.originator_version = r.version + 1"
-                ).format(
-                    schema=Identifier(self.datastore.schema),
-                    table=Identifier(self.events_table_name),
-                ),
-                (array_literal(ids), array_literal(versions)),
-            )
+            curs.execute(self.fence_statement, (array_literal(ids), array_literal(versions)))
 
     def _fetch_ids_after_insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
