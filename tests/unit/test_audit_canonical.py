@@ -176,9 +176,9 @@ def test_json_canonical_bytes_of_json_typed_events_equals_rfc8785_or_fails_as_it
 
 
 def test_json_canonical_bytes_takes_the_full_proof_for_a_float_or_a_non_ascii_key() -> None:
-    plain = {"b": [1, {"c": "x"}], "a": "y", "n": None, "t": True}
+    plain: dict[str, Any] = {"b": [1, {"c": "x"}], "a": "y", "n": None, "t": True}
     # orjson writes 1e+21 where JCS writes 1e21; the key pair sorts apart by UTF-16.
-    declined = [{"f": 1e21}, {"\ue000": 1, "\U0001f600": 2}]
+    declined: list[dict[str, Any]] = [{"f": 1e21}, {"\ue000": 1, "\U0001f600": 2}]
     expected = [rfc8785.dumps(value) for value in (plain, *declined)]
     with mock.patch("ledger.audit.canonical.rfc8785.dumps", wraps=rfc8785.dumps) as spy:
         assert json_canonical_bytes(plain) == expected[0]
