@@ -36,12 +36,9 @@ class AuditChain:
         last = tx.fetchone(
             f"SELECT position, chain_hash FROM {t('links')} ORDER BY position DESC LIMIT 1"
         )
+        head, position = (GENESIS, None) if last is None else (bytes.fromhex(last[1]), int(last[0]))
         # The events are the log decoder's, of JSON types only.
-        builder = (
-            ChainBuilder(encode=json_canonical_bytes)
-            if last is None
-            else ChainBuilder(bytes.fromhex(last[1]), int(last[0]), json_canonical_bytes)
-        )
+        builder = ChainBuilder(head, position, json_canonical_bytes)
         tx.insert_rows(t("links"), ("position", "chain_hash"), list(builder.fold(events)))
 
 
