@@ -36,22 +36,27 @@ FOLD_COST: Mapping[str, float] = {
     "ownership": 0.6,
 }
 # A worker process's start (an interpreter, its imports, its connections), in the same
-# units: about half a second of a 100,000-event catch-up's two. The calling process
-# starts at once, so it takes more of the folds.
+# units for a catch-up of ``COST_EVENTS`` events: about half a second of the two that
+# 100,000 events take. It does not grow with the events, so it weighs less the further
+# behind the catch-up starts. The calling process starts at once, so it takes more of
+# the folds of a short catch-up.
 WORKER_START_COST = 1.0
+COST_EVENTS = 100_000
 
 # Below this many events behind, a catch-up stays in one process: starting a worker
 # (an interpreter and its imports) costs more than it saves.
 MIN_EVENTS_PER_WORKER = 20_000
 
 
-def groups(names: Sequence[str], count: int) -> list[list[str]]:
-    """Splits projections into at most ``count`` groups of about equal cost (the
-    costliest first, each to the group with the least so far; the first group is the
-    calling process's, the others start with a worker's start), in a stable order."""
+def groups(names: Sequence[str], count: int, events: int = COST_EVENTS) -> list[list[str]]:
+    """Splits projections into at most ``count`` groups of about equal cost for a
+    catch-up of ``events`` events (the costliest first, each to the group with the least
+    so far; the first group is the calling process's, the others start with a worker's
+    start), in a stable order."""
     count = max(1, min(count, len(names)))
     split: list[list[str]] = [[] for _ in range(count)]
-    load = [0.0] + [WORKER_START_COST] * (count - 1)
+    start = WORKER_START_COST * COST_EVENTS / max(1, events)
+    load = [0.0] + [start] * (count - 1)
     for name in sorted(names, key=lambda n: (-FOLD_COST.get(n, 1.0), n)):
         lightest = load.index(min(load))
         split[lightest].append(name)
@@ -82,12 +87,13 @@ def catch_up(
     deadline = time.monotonic() + timeout_s
     names = list(manager.projections)
     wanted = default_processes() if processes is None else processes
-    count = min(wanted, max(1, _lag(manager) // max(1, min_events_per_worker)))
+    lag = _lag(manager)
+    count = min(wanted, max(1, lag // max(1, min_events_per_worker)))
     if settings.database_url.startswith("memory:") or count < 2:
         with collector.bulk():
             manager.catch_up(timeout_s)
         return
-    mine, *theirs = groups(names, count)
+    mine, *theirs = groups(names, count, lag)
     workers = [_start(settings, group, timeout_s) for group in theirs]
     try:
         with collector.bulk():

@@ -14,6 +14,7 @@ from ledger.application.app import MarketLedger
 from ledger.application.events import CanonicalEvent, EventLog
 from ledger.bench.dataset import generate
 from ledger.bootstrap import build_application, build_projections
+from ledger.projections import parallel
 from ledger.projections.db import SqliteDatabase, Tx, WriteTx
 from ledger.projections.engine import LIVE, ProjectionManager, Tables
 from ledger.projections.parallel import FOLD_COST, catch_up, groups
@@ -47,6 +48,11 @@ def test_groups_split_every_projection_once_the_costliest_apart() -> None:
     # the worker the two costliest others.
     assert sorted(split[0]) == ["catalogue", "chain", "ownership"]
     assert sorted(split[1]) == ["access", "compliance"]
+    # Ten times further behind, a worker's start weighs a tenth as much: the calling
+    # process keeps the chain and the lightest fold, the worker takes the others.
+    far = groups(NAMES, 2, 1_000_000)
+    assert sorted(far[0]) == ["chain", "ownership"]
+    assert sorted(far[1]) == ["access", "catalogue", "compliance"]
     assert [sorted(group) for group in groups(NAMES, 1)] == [sorted(NAMES)]
     assert len(groups(NAMES, 16)) == len(NAMES)
     assert groups(["tally"], 4) == [["tally"]]
@@ -81,6 +87,8 @@ def test_workers_fold_the_same_tables_as_one_process(
         manager.setup()
         # Costly enough to go to the worker (which does not know it).
         monkeypatch.setitem(FOLD_COST, Tally.name, 1.4)
+        # A log this short would stay in one process: a worker's start is made free.
+        monkeypatch.setattr(parallel, "WORKER_START_COST", 0.0)
         mine, theirs = groups(list(manager.projections), 2)
         assert Tally.name in theirs  # a worker leaves it: this process folds it at the end
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ledger import cli
-from ledger.bench.runner import NAMES
+from ledger.bench.runner import FULL_EVENTS, NAMES, QUICK_EVENTS, Options
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,20 @@ def test_every_scenario_runs_on_postgresql(
     printed = results(capsys.readouterr().out)
     assert [r["scenario"] for r in printed] == list(NAMES)
     assert {r["backend"] for r in printed} == {"postgresql"}
+    # --events sizes the rebuild too.
+    rebuild = next(r for r in printed if r["scenario"] == "rebuild")
+    assert rebuild["events"] < 3_000
     assert status == 0
+
+
+def test_quick_mode_rebuilds_the_million_events_of_its_target() -> None:
+    quick = Options(backend="postgresql", events=QUICK_EVENTS)
+    assert quick.for_scenario("rebuild").events == FULL_EVENTS
+    assert quick.for_scenario("check") == quick
+    asked = Options(backend="postgresql", events=5_000, events_given=True)
+    assert asked.for_scenario("rebuild") == asked
+    full = Options(backend="postgresql", events=FULL_EVENTS, quick=False)
+    assert full.for_scenario("rebuild") == full
 
 
 def test_the_sqlite_scenarios_run(capsys: pytest.CaptureFixture[str]) -> None:
