@@ -91,10 +91,11 @@ def _redact(value: Any, depth: int = 0) -> Any:
 
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Replaces the values of sensitive keys, at any depth, with ``[redacted]``."""
+    plain = _PLAIN
     for key, value in event_dict.items():
         if is_sensitive(key):
             event_dict[key] = REDACTED
-        elif key != "event":
+        elif type(value) not in plain and key != "event":
             event_dict[key] = _redact(value)
     return event_dict
 
@@ -136,15 +137,22 @@ def add_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
 class _LedgerHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler ``configure_logging`` installs (a marker so it can replace it)."""
 
-    def handle_all(self, records: Sequence[logging.LogRecord]) -> None:
-        """Writes the records this handler's filters pass, in one write of the stream."""
+    def handle_all(self, records: Sequence[logging.LogRecord | _Line]) -> None:
+        """Writes the records (and lines of ``log_line``) this handler's filters pass,
+        in one write of the stream."""
         lines: list[str] = []
-        for record in records:
-            if self.filter(record):
-                try:
-                    lines.append(self.format(record) + self.terminator)
-                except Exception:
-                    self.handleError(record)
+        for item in records:
+            try:
+                if isinstance(item, _Line) and not self.filters:
+                    text = self._format_line(item)
+                else:
+                    record = item.record() if isinstance(item, _Line) else item
+                    if not self.filter(record):
+                        continue
+                    text = self.format(record)
+                lines.append(text + self.terminator)
+            except Exception:
+                self.handleError(item.record() if isinstance(item, _Line) else item)
         if not lines:
             return
         with self.lock or contextlib.nullcontext():
@@ -152,7 +160,21 @@ class _LedgerHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.write("".join(lines))
                 self.flush()
             except Exception:
-                self.handleError(records[-1])
+                last = records[-1]
+                self.handleError(last.record() if isinstance(last, _Line) else last)
+
+    def _format_line(self, line: _Line) -> str:
+        """``format(line.record())``, without making a ``LogRecord`` (and the copy the
+        formatter makes of it) where nothing needs one: the formatter's processors run
+        on the line itself, which has what they read of a record."""
+        formatter = self.formatter
+        if not isinstance(formatter, structlog.stdlib.ProcessorFormatter):
+            return self.format(line.record())
+        method = logging.getLevelName(line.level).lower()
+        event: Any = {"event": line.event, "_record": line, "_from_structlog": False}
+        for processor in (*(formatter.foreign_pre_chain or ()), *formatter.processors):
+            event = processor(formatter.logger, method, event)
+        return str(event)
 
 
 # Lines waiting for the background writer; past this many, new lines are dropped (and
@@ -162,19 +184,20 @@ BACKGROUND_QUEUE_LINES = 10_000
 
 @dataclass(frozen=True, slots=True)
 class _Line:
-    """A line handed over by :func:`log_line`; the writer makes it a record."""
+    """A line handed over by :func:`log_line`. Its attributes are named as a record's
+    (``name`` is the logger's), so the formatter's processors can read it as one."""
 
-    logger: str
+    name: str
     level: int
     event: str
-    context: Mapping[str, Any]
+    ledger_context: Mapping[str, Any]
     created: float
 
     def record(self) -> logging.LogRecord:
-        record = logging.LogRecord(self.logger, self.level, "", 0, self.event, None, None)
+        record = logging.LogRecord(self.name, self.level, "", 0, self.event, None, None)
         record.created = self.created
         record.msecs = (self.created - int(self.created)) * 1000
-        record.ledger_context = self.context
+        record.ledger_context = self.ledger_context
         return record
 
 
@@ -206,7 +229,7 @@ class _Writer:
             with contextlib.suppress(queue.Empty):
                 while len(batch) < BACKGROUND_QUEUE_LINES:
                     batch.append(self.lines.get_nowait())
-            records: list[logging.LogRecord] = []
+            records: list[logging.LogRecord | _Line] = []
             for item in batch:
                 if item is None or isinstance(item, _Flushed):
                     self._handler.handle_all(records)
@@ -215,7 +238,7 @@ class _Writer:
                         return
                     item.set()
                 else:
-                    records.append(item.record() if isinstance(item, _Line) else item)
+                    records.append(item)
             self._handler.handle_all(records)
             time.sleep(WRITER_PAUSE_S)
 

@@ -307,6 +307,23 @@ def test_log_line_in_the_background_is_the_line_structlog_would_write() -> None:
     }
 
 
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_line_of_log_line_is_written_as_its_record_would_be(fmt: str) -> None:
+    configure_logging(fmt, stream=io.StringIO())
+    handler = next(h for h in logging.root.handlers if isinstance(h, ledger.logging._LedgerHandler))
+    context = {"method": "/m", "token": TOKEN, "code": "OK", "peer": {"password": TOKEN}}
+    line = ledger.logging._Line("ledger.rpc", logging.INFO, "rpc", context, time.time() - 5)
+    text = handler._format_line(line)
+    # Byte for byte the record's line: same keys in the same order, same time.
+    assert text == handler.format(line.record())
+    assert TOKEN not in text
+    if fmt == "json":
+        assert list(json.loads(text)) == [
+            *["event", "method", "token", "code", "peer"],
+            *["level", "logger", "timestamp"],
+        ]
+
+
 def test_log_line_without_a_background_writer_logs_through_structlog() -> None:
     out = io.StringIO()
     configure_logging("json", stream=out)
