@@ -11,19 +11,26 @@ from typing import Any
 
 import pytest
 
-from ledger.application.app import MarketLedger
+from ledger.application.app import Actor, MarketLedger
 from ledger.application.events import EventLog
+from ledger.application.queries import Queries
 from ledger.application.recorders import array_literal
 from ledger.bench.dataset import generate
-from ledger.bootstrap import build_application
+from ledger.bootstrap import build_application, build_projections
+from ledger.projections.access import GRANTS, STATES
 from ledger.settings import Settings
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def app(pg_schema_url: str) -> Iterator[MarketLedger]:
-    app = build_application(Settings(database_url=pg_schema_url))
+def settings(pg_schema_url: str) -> Settings:
+    return Settings(database_url=pg_schema_url)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[MarketLedger]:
+    app = build_application(settings)
     generate(app, 3000, seed=5)
     yield app
     app.close()
@@ -104,3 +111,59 @@ def test_a_bounded_read_of_the_log_walks_the_index_without_sorting(app: MarketLe
     rows, last = log.rows(100, 500, 150)
     assert [row[0] for row in rows] == list(range(101, 151))
     assert log.rows(150, 500, 150) == ([], 150)
+
+
+def test_a_check_among_many_grants_reads_only_the_states_of_its_grants(
+    app: MarketLedger, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = build_projections(settings, app)
+    try:
+        manager.catch_up(300)
+        live = manager.live("access")
+        t = live.tables
+        with manager.db.transaction() as tx:
+            # Analysed as it caught up, although the store has no statistics.
+            analysed = tx.fetchone(
+                "SELECT count(*) FROM pg_stats WHERE schemaname = current_schema() "
+                "AND tablename = ?",
+                (t(STATES),),
+            )
+            assert analysed is not None
+            assert analysed[0] > 0
+            grant = tx.fetchone(f"SELECT grantee_id, listing_id, scenario FROM {t(GRANTS)}")
+            assert grant is not None
+            grantee_id, listing_id, scenario = grant
+            # Then the tables grow some 500-fold, as a live generation's do where nothing
+            # analyses them again (without statistics at all, the planner read every grant
+            # state for each check from about 200,000 grants on).
+            copies = "generate_series(1, 500) i"
+            tx.execute(
+                f"INSERT INTO {t(GRANTS)} SELECT grant_id || '-' || i, grantee_id || '-' || i, "
+                "listing_id, exchange_id, trade_id, delivery_mode, scenario, valid_from, "
+                "valid_until, usage_limit, uses, units_used, granted_position, granted_time "
+                f"FROM {t(GRANTS)}, {copies}"
+            )
+            tx.execute(
+                f"INSERT INTO {t(STATES)} SELECT grant_id || '-' || i, state, from_position, "
+                f"until_position, from_time, until_time, rule, reason FROM {t(STATES)}, {copies}"
+            )
+        statements: list[tuple[str, list[Any]]] = []
+        query = manager.db.query
+
+        def recorded(sql: str, params: Any = ()) -> Any:
+            statements.append((sql, list(params)))
+            return query(sql, params)
+
+        monkeypatch.setattr(manager.db, "query", recorded)
+        Queries(app, manager).check_access(
+            grantee_id, listing_id, "API", scenario, None, None, None, Actor("a", "AUDITOR")
+        )
+        (sql, params), *_ = statements
+        found = query("EXPLAIN (FORMAT JSON) " + sql, params)[0][0]
+        explained = json.loads(found) if isinstance(found, str) else found
+        scans = {
+            (node["Node Type"], node.get("Relation Name")) for node in nodes(explained[0]["Plan"])
+        }
+        assert ("Seq Scan", t(STATES)) not in scans, scans
+    finally:
+        manager.db.close()
