@@ -260,7 +260,8 @@ class ProjectionManager:
         self._skipped: dict[frozenset[str], frozenset[str]] = {}
         # Projections whose folds cannot be recorded (see ``_fold_first``).
         self._unrecordable: set[str] = set()
-        # Generations whose query indexes this process has created (see ``Projection``).
+        # Generations whose query indexes (and, on PostgreSQL, statistics) this process has
+        # made once they caught up (see ``Projection``).
         self._indexed: set[tuple[str, int]] = set()
         # Wakes ``run_forever`` for other processes' writes (see ``listen``), if set.
         self.listener: LogListener | None = None
